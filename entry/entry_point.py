@@ -1,0 +1,163 @@
+"""The SageMaker entry point: a training main, and model_fn/input_fn/predict_fn/output_fn for serving.
+
+Thin glue over `knn` (shipped beside this file with `dependencies=['knn']`).
+
+Training (sagemaker-training toolkit): reads the reviews file in SM_CHANNEL_TRAIN, writes a model dir
+into SM_MODEL_DIR. Hyperparameters arrive as --long-names: --index-kind auto|graph|exact,
+--threads N, --batch-size N, --n-neighbors N. A bad reviews file ends the job with a one-line reason.
+
+Serving (sagemaker-inference toolkit): `application/json` bodies `{"query": str | [str], "n_items": int}`,
+answered as `{"pred0": {...}, "pred1": {...}}`. Bad requests get a 4xx with a JSON body
+`{"error": {"code": 400, "message": "..."}}`: 400 bad body, 406 Accept, 413 too large, 415 Content-Type.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from http import HTTPStatus
+
+from knn.errors import QueryError, SearchError
+
+log = logging.getLogger("entry_point")
+
+JSON = "application/json"
+MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's own limit on a request body
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Build the review search model from a reviews file.")
+    parser.add_argument("--index-kind", "--index_kind", default="auto", choices=["auto", "graph", "exact"])
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("SM_NUM_CPUS", "1") or 1))
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=64)
+    parser.add_argument("--n-neighbors", "--n_neighbors", type=int, default=None)
+    parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
+    return parser.parse_args(argv)
+
+
+def train(argv=None) -> dict:
+    from knn.build import build_model_dir
+    from knn.reviews import find_reviews_file
+
+    args = parse_args(argv)
+    reviews = find_reviews_file(args.train)
+    log.info("training on %s -> %s (index %s, %d threads)", reviews, args.model_dir, args.index_kind, args.threads)
+    figures = build_model_dir(reviews, args.model_dir, index_kind=args.index_kind, threads=max(1, args.threads),
+                              batch_size=args.batch_size, n_neighbors=args.n_neighbors)
+    log.info("model written: %s", json.dumps(figures))
+    return figures
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        train(argv)
+    except SearchError as exc:
+        # One line, no traceback: the toolkit puts stderr's tail into the job's FailureReason.
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------------
+def _toolkit_error(status: HTTPStatus, message: str):
+    from sagemaker_inference.errors import GenericInferenceToolkitError
+
+    return GenericInferenceToolkitError(int(status), message, status.phrase)
+
+
+def _json_error_bodies() -> None:
+    """Make the inference toolkit answer errors as JSON without the server's traceback.
+
+    The toolkit's Transformer.handle_error sends "message\\ntraceback" as the body; the traceback goes
+    to the container log instead, and the client gets {"error": {"code", "message"}}.
+    """
+    try:
+        from sagemaker_inference import transformer, utils
+    except ImportError:  # training containers need not have the inference toolkit
+        return
+    if getattr(transformer.Transformer.handle_error, "_json_bodies", False):
+        return
+
+    def handle_error(context, inference_exception, trace):
+        code = int(inference_exception.status_code)
+        message = inference_exception.message if isinstance(inference_exception.message, str) else str(inference_exception.message)
+        (log.warning if code < 500 else log.error)("request failed with %d: %s%s", code, message,
+                                                   "" if code < 500 else "\n" + trace)
+        context.set_response_status(code=code, phrase=utils.remove_crlf(str(inference_exception.phrase)))
+        try:
+            context.set_response_content_type(0, JSON)
+        except Exception:  # older contexts without per-request headers
+            pass
+        return [json.dumps({"error": {"code": code, "message": message}})]
+
+    handle_error._json_bodies = True
+    transformer.Transformer.handle_error = staticmethod(handle_error)
+
+
+_json_error_bodies()
+
+
+def model_fn(model_dir: str):
+    from knn.model_dir import load_model_dir
+
+    logging.basicConfig(level=logging.INFO)
+    threads = int(os.environ.get("SEARCH_THREADS", "1"))
+    return load_model_dir(model_dir, threads=threads)
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def input_fn(request_body, request_content_type):
+    """Decode and validate a request; returns a knn-ready request object."""
+    from knn.query_request import parse_request
+    if _media_type(request_content_type) != JSON:
+        raise _toolkit_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                             f"Content-Type {request_content_type!r} is not supported; send {JSON}")
+    if isinstance(request_body, (bytes, bytearray)):
+        if len(request_body) > MAX_BODY_BYTES:
+            raise _toolkit_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                 f"the body has {len(request_body)} bytes; at most {MAX_BODY_BYTES} are allowed")
+        try:
+            request_body = bytes(request_body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _toolkit_error(HTTPStatus.BAD_REQUEST, f"the body is not valid UTF-8 (byte {exc.start})") from None
+    if len(request_body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise _toolkit_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        payload = json.loads(request_body)
+    except (ValueError, RecursionError) as exc:
+        raise _toolkit_error(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+    try:
+        return parse_request(payload)
+    except QueryError as exc:
+        raise _toolkit_error(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+
+def predict_fn(request, model):
+    try:
+        results = model.search(request.query, n_items=request.n_items)
+    except QueryError as exc:
+        raise _toolkit_error(HTTPStatus.BAD_REQUEST, str(exc)) from None
+    return {f"pred{rank}": result for rank, result in enumerate(results)}
+
+
+def output_fn(prediction, accept):
+    accepted = [_media_type(part) for part in (accept or JSON).split(",")]
+    if not any(media in (JSON, "*/*", "application/*", "") for media in accepted):
+        raise _toolkit_error(HTTPStatus.NOT_ACCEPTABLE, f"Accept {accept!r} cannot be served; accept {JSON}")
+    return json.dumps(prediction, ensure_ascii=False), JSON
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Fit: reviews file -> sentences -> vectors -> index -> model dir. Used by the training entry point."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from knn.encoder import bundled_model_path, load_encoder
+from knn.index import build_index
+from knn.model_dir import save_model_dir
+from knn.reviews import read_reviews
+from knn.search import Corpus
+from knn.sentences import split_many
+
+log = logging.getLogger(__name__)
+
+
+def build_corpus(catalog: pd.DataFrame, encoder, batch_size: int = 64) -> Corpus:
+    """Split every review body into sentences and embed them."""
+    sentences, owners = split_many(catalog["review_body"].tolist())
+    vectors = encoder.encode(sentences, batch_size=batch_size)
+    table = pd.DataFrame({"sentence": pd.Series(sentences, dtype=object), "review_row": pd.Series(owners, dtype="int64")})
+    return Corpus(catalog, table, vectors)
+
+
+def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind: str = "auto",
+                    threads: int = 1, batch_size: int = 64, n_neighbors: int | None = None) -> dict:
+    """Build a model dir from a reviews file; return the measured figures (counts and seconds)."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    catalog = read_reviews(reviews_path)
+    timings["read_s"] = time.perf_counter() - start
+    log.info("read %d reviews of %d products from %s", len(catalog), catalog["product_id"].nunique(), reviews_path)
+
+    encoder_path = bundled_model_path()
+    encoder = load_encoder(encoder_path, threads=threads)
+    mark = time.perf_counter()
+    corpus = build_corpus(catalog, encoder, batch_size=batch_size)
+    timings["split_embed_s"] = time.perf_counter() - mark
+    log.info("embedded %d sentences in %.1f s (%.0f sentences/s)", len(corpus.sentences), timings["split_embed_s"],
+             len(corpus.sentences) / max(timings["split_embed_s"], 1e-9))
+
+    mark = time.perf_counter()
+    options = {} if n_neighbors is None else {"n_neighbors": n_neighbors}
+    index = build_index(corpus.vectors, index_kind, **options)
+    timings["index_s"] = time.perf_counter() - mark
+    log.info("%s index over %d sentences built in %.1f s", index.kind, len(corpus.vectors), timings["index_s"])
+
+    save_model_dir(model_dir, corpus, index, encoder_path)
+    timings["total_s"] = time.perf_counter() - start
+    return {"reviews": len(catalog), "sentences": len(corpus.sentences), "index_kind": index.kind, **timings}

@@ -1,0 +1,242 @@
+"""Nearest-neighbour search over unit vectors: a pynndescent kNN graph, or exact search.
+
+`build_index(vectors, kind)` picks the structure: "graph" (pynndescent, cosine), "exact" (one matrix
+product), or "auto" (exact below GRAPH_MIN_VECTORS vectors, where a graph cannot pay for itself).
+Both answer `query(queries, k) -> (ids, similarities)`, best first, with k clamped to the corpus and
+similarities re-scored exactly (pynndescent caps cosine distances at 1.0, so its distances are never
+used as scores).
+
+A graph is saved without pickle: pynndescent's own state (its `__getstate__`) is written as plain
+arrays (`.npz`, allow_pickle off) plus JSON scalars, and the data rows are not stored twice: they are
+rebuilt from the model's vectors and the saved vertex order. Loading goes through pynndescent's
+`__setstate__`, which installs its disk-cached search function; the numba cache directory is set up
+by `knn.numba_cache` so that JIT work survives processes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from knn.errors import IndexFileError
+from knn.numba_cache import ensure_numba_cache_dir
+
+log = logging.getLogger(__name__)
+
+GRAPH_MIN_VECTORS = 5000
+GRAPH_NEIGHBORS = 30
+GRAPH_EPSILON = 0.2
+INDEX_KINDS = ("auto", "graph", "exact")
+_STATE_FILE = "graph_state.json"
+_ARRAYS_FILE = "graph_arrays.npz"
+_FORMAT = 1
+
+
+class VectorIndex(Protocol):
+    kind: str
+
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def save(self, directory: Path) -> list[Path]: ...
+
+
+def _check_queries(queries: np.ndarray, dimensions: int) -> np.ndarray:
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if queries.shape[1] != dimensions:
+        raise ValueError(f"query vectors have {queries.shape[1]} dimensions, the index {dimensions}")
+    return queries
+
+
+def _top_k(similarities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-first top k per row; ties broken by the lower id (deterministic)."""
+    n = similarities.shape[1]
+    k = min(k, n)
+    if k == 0:
+        return np.zeros((similarities.shape[0], 0), np.int64), np.zeros((similarities.shape[0], 0), np.float32)
+    if k < n:
+        part = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(n), (similarities.shape[0], 1))
+    part_sims = np.take_along_axis(similarities, part, axis=1)
+    order = np.lexsort((part, -part_sims), axis=1)
+    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return ids, np.take_along_axis(part_sims, order, axis=1)
+
+
+class ExactIndex:
+    """Brute force: one matrix product against all vectors."""
+
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _check_queries(queries, self.vectors.shape[1])
+        return _top_k(queries @ self.vectors.T, k)
+
+    def save(self, directory: Path) -> list[Path]:
+        return []
+
+
+class GraphIndex:
+    """A pynndescent kNN graph; candidates are re-scored with an exact dot product."""
+
+    kind = "graph"
+
+    def __init__(self, vectors: np.ndarray, nnd, epsilon: float = GRAPH_EPSILON):
+        self.vectors = vectors
+        self._nnd = nnd
+        self.epsilon = epsilon
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, n_neighbors: int = GRAPH_NEIGHBORS, random_state: int = 42,
+              n_jobs: int | None = None, verbose: bool = False) -> "GraphIndex":
+        ensure_numba_cache_dir()
+        from pynndescent import NNDescent
+
+        nnd = NNDescent(
+            vectors, metric="cosine", n_neighbors=min(n_neighbors, len(vectors) - 1),
+            random_state=random_state, n_jobs=n_jobs, compressed=True, verbose=verbose,
+        )
+        nnd.prepare()
+        return cls(vectors, nnd)
+
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _check_queries(queries, self.vectors.shape[1])
+        k = min(k, len(self.vectors))
+        if k == 0:
+            return _top_k(np.zeros((len(queries), 0), np.float32), 0)
+        ids, _ = self._nnd.query(queries, k=k, epsilon=self.epsilon)
+        ids = ids.astype(np.int64)
+        sims = np.einsum("qd,qkd->qk", queries, self.vectors[ids])
+        order = np.lexsort((ids, -sims), axis=1)
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sims, order, axis=1)
+
+    def save(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self._nnd.__getstate__()
+        scalars: dict = {}
+        arrays: dict[str, np.ndarray] = {}
+        for key, value in state.items():
+            if key in ("_raw_data", "_neighbor_graph", "_rp_forest"):
+                continue  # rebuilt from the model's vectors, or not needed to query
+            if callable(value) and not isinstance(value, type):
+                continue  # numba functions: rebuilt by __setstate__
+            if key == "_input_dtype":
+                scalars[key] = {"dtype": np.dtype(value).name}
+            elif key == "_search_graph":
+                arrays["search_graph.indptr"] = value.indptr
+                arrays["search_graph.indices"] = value.indices
+                scalars[key] = {"csr_shape": list(value.shape)}
+            elif key == "_search_forest":
+                for number, tree in enumerate(value):
+                    hyperplanes, offsets, children, indices, leaf_size = tree
+                    for name, array in (("hyperplanes", hyperplanes), ("offsets", offsets),
+                                        ("children", children), ("indices", indices)):
+                        arrays[f"forest.{number}.{name}"] = np.asarray(array)
+                    scalars.setdefault("_search_forest", {"leaf_sizes": []})["leaf_sizes"].append(int(leaf_size))
+            elif isinstance(value, np.ndarray):
+                arrays[f"attr.{key}"] = value
+            elif isinstance(value, np.generic):
+                scalars[key] = {"numpy_scalar": value.item(), "dtype": value.dtype.name}
+            elif isinstance(value, tuple):
+                scalars[key] = {"tuple": list(value)}
+            elif value is None or isinstance(value, (bool, int, float, str, dict)):
+                scalars[key] = {"value": value}
+            else:
+                raise TypeError(f"cannot save pynndescent attribute {key} of type {type(value).__name__}")
+        import pynndescent
+
+        meta = {"format": _FORMAT, "pynndescent": pynndescent.__version__, "epsilon": self.epsilon,
+                "attributes": scalars}
+        state_path, arrays_path = directory / _STATE_FILE, directory / _ARRAYS_FILE
+        state_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        with open(arrays_path, "wb") as handle:
+            np.savez(handle, **arrays)
+        return [state_path, arrays_path]
+
+    @classmethod
+    def load(cls, directory: Path, vectors: np.ndarray) -> "GraphIndex":
+        ensure_numba_cache_dir()
+        import pynndescent
+        from pynndescent import NNDescent
+
+        try:
+            meta = json.loads((directory / _STATE_FILE).read_text())
+            with np.load(directory / _ARRAYS_FILE, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexFileError(f"cannot read the graph index in {directory}: {exc}; rebuild the model") from None
+        if meta.get("format") != _FORMAT or meta.get("pynndescent") != pynndescent.__version__:
+            raise IndexFileError(
+                f"the graph index in {directory} was saved by pynndescent {meta.get('pynndescent')} "
+                f"(format {meta.get('format')}); this is pynndescent {pynndescent.__version__}: rebuild the model"
+            )
+        from scipy.sparse import csr_array
+
+        state: dict = {}
+        for key, spec in meta["attributes"].items():
+            if key == "_input_dtype":
+                state[key] = np.dtype(spec["dtype"]).type
+            elif key == "_search_graph":
+                indices = arrays["search_graph.indices"]
+                graph = csr_array(
+                    (np.ones(len(indices), dtype=np.uint8), indices, arrays["search_graph.indptr"]),
+                    shape=tuple(spec["csr_shape"]),
+                )
+                graph.has_sorted_indices = True
+                state[key] = graph
+            elif key == "_search_forest":
+                state[key] = tuple(
+                    tuple(arrays[f"forest.{n}.{name}"] for name in ("hyperplanes", "offsets", "children", "indices"))
+                    + (leaf_size,)
+                    for n, leaf_size in enumerate(spec["leaf_sizes"])
+                )
+            elif "numpy_scalar" in spec:
+                state[key] = np.dtype(spec["dtype"]).type(spec["numpy_scalar"])
+            elif "tuple" in spec:
+                state[key] = tuple(spec["tuple"])
+            else:
+                state[key] = spec["value"]
+        for name, array in arrays.items():
+            if name.startswith("attr."):
+                state[name[5:]] = array
+        order = state.get("_vertex_order")
+        if order is None or len(order) != len(vectors):
+            raise IndexFileError(f"the graph index in {directory} does not match the model's vectors; rebuild the model")
+        state["_raw_data"] = np.ascontiguousarray(vectors[order])
+        nnd = NNDescent.__new__(NNDescent)
+        nnd.__setstate__(state)
+        return cls(vectors, nnd, epsilon=float(meta.get("epsilon", GRAPH_EPSILON)))
+
+
+def choose_kind(kind: str, n_vectors: int) -> str:
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+    if kind == "auto":
+        return "graph" if n_vectors >= GRAPH_MIN_VECTORS else "exact"
+    if kind == "graph" and n_vectors < 3:
+        return "exact"  # pynndescent needs a few points to build a graph at all
+    return kind
+
+
+def build_index(vectors: np.ndarray, kind: str = "auto", **graph_options) -> VectorIndex:
+    """Build the index for unit `vectors` (float32, one row per sentence)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    chosen = choose_kind(kind, len(vectors))
+    if chosen == "exact":
+        return ExactIndex(vectors)
+    log.info("building a pynndescent graph over %d vectors", len(vectors))
+    return GraphIndex.build(vectors, **graph_options)
+
+
+def load_index(kind: str, directory: Path, vectors: np.ndarray) -> VectorIndex:
+    if kind == "exact":
+        return ExactIndex(vectors)
+    if kind == "graph":
+        return GraphIndex.load(directory, vectors)
+    raise IndexFileError(f"unknown index kind {kind!r} in the model dir; rebuild the model")

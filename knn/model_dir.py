@@ -1,0 +1,132 @@
+"""Save and load everything search needs as one self-contained directory, verified by a manifest.
+
+Layout:
+    manifest.json          format version, encoder id, index kind, counts, sha256 of every file
+    encoder/               the sentence encoder's files (a copy, so the endpoint needs no package)
+    catalog.parquet        one row per review (knn.reviews.CATALOG_COLUMNS)
+    sentences.parquet      sentence text and the catalog row it came from
+    vectors.npy            float32 unit vectors, one row per sentence
+    index/                 the graph index's files (none for exact search)
+
+No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
+file's size and sha256 against the manifest before reading any of them, and refuses files that the
+manifest does not list (except `code/`, which SageMaker adds when it repacks a model).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from knn.encoder import ENCODER_ID, copy_model, file_sha256, load_encoder
+from knn.errors import ModelDirError
+from knn.index import VectorIndex, load_index
+from knn.search import Corpus, ProductSearch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IGNORED_TOP_LEVEL = {"code"}  # added by SageMaker's repack; not ours to verify
+
+
+def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, encoder_path: str | Path,
+                   extra: dict | None = None) -> Path:
+    """Write the model dir; the manifest is written last, so a half-written dir never verifies."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / MANIFEST).exists():
+        (directory / MANIFEST).unlink()
+    copy_model(encoder_path, directory / "encoder")
+    corpus.catalog.to_parquet(directory / "catalog.parquet", index=False)
+    corpus.sentences.to_parquet(directory / "sentences.parquet", index=False)
+    np.save(directory / "vectors.npy", np.ascontiguousarray(corpus.vectors, dtype=np.float32), allow_pickle=False)
+    index.save(directory / "index")
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(directory).as_posix()
+        if relative == MANIFEST or relative.split("/")[0] in IGNORED_TOP_LEVEL:
+            continue
+        files[relative] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "encoder_id": ENCODER_ID,
+        "index_kind": index.kind,
+        "counts": {
+            "reviews": int(len(corpus.catalog)),
+            "products": int(corpus.catalog["product_id"].nunique()),
+            "sentences": int(len(corpus.sentences)),
+            "dimensions": int(corpus.vectors.shape[1]),
+        },
+        "files": files,
+        **(extra or {}),
+    }
+    temporary = directory / (MANIFEST + ".tmp")
+    temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(temporary, directory / MANIFEST)
+    return directory
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelDirError(f"{directory} is not a model dir (no {MANIFEST}); train a model first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{path} is unreadable ({exc}); rebuild the model") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelDirError(
+            f"{path}: model format {manifest.get('format_version') if isinstance(manifest, dict) else '?'} "
+            f"is not the supported format {FORMAT_VERSION}; rebuild the model with this version"
+        )
+    if manifest.get("encoder_id") != ENCODER_ID:
+        raise ModelDirError(f"{path}: encoder {manifest.get('encoder_id')!r} is not {ENCODER_ID}; rebuild the model")
+    return manifest
+
+
+def verify_model_dir(directory: str | Path) -> dict:
+    """Check every file against the manifest; return the manifest. Raises ModelDirError naming the file."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    listed = manifest.get("files") or {}
+    for relative, expected in sorted(listed.items()):
+        path = directory / relative
+        if ".." in Path(relative).parts or not path.is_file():
+            raise ModelDirError(f"{directory}: {relative} is missing; the model is incomplete, rebuild or re-download it")
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            raise ModelDirError(
+                f"{directory}: {relative} has {size} bytes, the manifest says {expected.get('bytes')} "
+                "(truncated or replaced); rebuild or re-download the model"
+            )
+        if file_sha256(path) != expected.get("sha256"):
+            raise ModelDirError(f"{directory}: {relative} does not match its sha256 in the manifest (tampered or corrupt); rebuild the model")
+    for path in directory.rglob("*"):
+        relative = path.relative_to(directory).as_posix()
+        if (path.is_file() and relative not in listed and relative != MANIFEST
+                and relative.split("/")[0] not in IGNORED_TOP_LEVEL):
+            raise ModelDirError(f"{directory}: {relative} is not part of the model (not in the manifest); remove it or rebuild")
+    return manifest
+
+
+def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
+    """Verify, then load a model dir into a ready ProductSearch."""
+    directory = Path(directory)
+    manifest = verify_model_dir(directory)
+    try:
+        catalog = pd.read_parquet(directory / "catalog.parquet")
+        sentences = pd.read_parquet(directory / "sentences.parquet")
+        vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+    except Exception as exc:  # a verified file that still fails to parse was written wrongly
+        raise ModelDirError(f"{directory}: cannot read the model's data ({exc}); rebuild the model") from None
+    if len(vectors) != len(sentences):
+        raise ModelDirError(f"{directory}: {len(vectors)} vectors for {len(sentences)} sentences; rebuild the model")
+    encoder = load_encoder(directory / "encoder", threads=threads, verify=False)  # verified above
+    index = load_index(manifest["index_kind"], directory / "index", vectors)
+    log.info("model loaded from %s: %s", directory, manifest["counts"])
+    return ProductSearch(encoder, index, Corpus(catalog, sentences, vectors))

@@ -1,0 +1,71 @@
+"""Validation of search requests (a decoded JSON payload): what a client may ask, with documented bounds.
+
+Kept apart from the entry point so the bounds are one table. Every violation raises
+`knn.QueryError` with a message that names the field and says what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+
+from knn.errors import QueryError
+from knn.sentences import has_content
+
+MAX_QUERIES = 16  # strings in a list query
+MAX_QUERY_CHARS = 2000  # characters in one query string
+MAX_N_ITEMS = 100
+DEFAULT_N_ITEMS = 3
+
+
+class SearchRequest(BaseModel):
+    """The JSON object `{"query": str | [str, ...], "n_items": int}`; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Union[StrictStr, Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_QUERIES)]]
+    n_items: Annotated[StrictInt, Field(ge=1, le=MAX_N_ITEMS)] = DEFAULT_N_ITEMS
+
+    @field_validator("query")
+    @classmethod
+    def _query_has_words(cls, value):
+        texts = [value] if isinstance(value, str) else value
+        for position, text in enumerate(texts):
+            where = "query" if isinstance(value, str) else f"query[{position}]"
+            if "\x00" in text:
+                raise ValueError(f"{where} contains a NUL character")
+            if len(text) > MAX_QUERY_CHARS:
+                raise ValueError(f"{where} has {len(text)} characters; at most {MAX_QUERY_CHARS} are allowed")
+            if not has_content(text):
+                raise ValueError(f"{where} has no letters or digits to search for")
+        return value
+
+
+def _describe(error: dict) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ())) or "body"
+    message = error.get("msg", "is invalid")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if error.get("type") == "extra_forbidden":
+        return f"unknown field {location!r}; allowed fields are 'query' and 'n_items'"
+    if error.get("type") == "missing":
+        return f"{location} is required"
+    return f"{location}: {message}"
+
+
+def parse_request(payload: object) -> SearchRequest:
+    """Validate a decoded JSON payload; raise QueryError naming the first problem."""
+    if not isinstance(payload, dict):
+        raise QueryError(f"the body must be a JSON object like {{\"query\": \"...\", \"n_items\": 3}}, not {type(payload).__name__}")
+    try:
+        return SearchRequest.model_validate(payload)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # A union reports one error per branch; the string branch's message is the clearest.
+        seen = []
+        for error in errors:
+            text = _describe(error)
+            text = text.replace("query.str:", "query:").replace("query.list[str]", "query")
+            if text not in seen:
+                seen.append(text)
+        raise QueryError("invalid request: " + "; ".join(seen[:3])) from None
