@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 GRAPH_MIN_VECTORS = 5000
 GRAPH_NEIGHBORS = 30
-GRAPH_EPSILON = 0.2
+GRAPH_EPSILON = 0.3
 INDEX_KINDS = ("auto", "graph", "exact")
 _STATE_FILE = "graph_state.json"
 _ARRAYS_FILE = "graph_arrays.npz"
@@ -110,8 +110,15 @@ class GraphIndex:
         k = min(k, len(self.vectors))
         if k == 0:
             return _top_k(np.zeros((len(queries), 0), np.float32), 0)
+        if k * 4 >= len(self.vectors):
+            # Asking for a large part of the corpus: a graph walk cannot beat one matrix product,
+            # and pynndescent pads what it cannot reach with duplicate ids.
+            return ExactIndex(self.vectors).query(queries, k)
         ids, _ = self._nnd.query(queries, k=k, epsilon=self.epsilon)
         ids = ids.astype(np.int64)
+        for row in range(len(ids)):
+            if ids[row].min() < 0 or len(np.unique(ids[row])) < k:  # padded: answer this row exactly
+                ids[row] = ExactIndex(self.vectors).query(queries[row], k)[0][0]
         sims = np.einsum("qd,qkd->qk", queries, self.vectors[ids])
         order = np.lexsort((ids, -sims), axis=1)
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sims, order, axis=1)

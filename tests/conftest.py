@@ -1,0 +1,43 @@
+"""Shared fixtures: paths, the real encoder (loaded once), and small model dirs built from fixtures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+TOYS_10K = ROOT.parent / "shared" / "data" / "toys-10k" / "reviews.csv"
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from knn.encoder import load_encoder
+
+    return load_encoder(threads=1)
+
+
+@pytest.fixture(scope="session")
+def fixture_model_dir(tmp_path_factory):
+    """A model dir built from fixtures/reviews.csv with exact search (what small corpora use)."""
+    from knn.build import build_model_dir
+
+    directory = tmp_path_factory.mktemp("fixture-model")
+    build_model_dir(FIXTURES / "reviews.csv", directory, index_kind="auto")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def fixture_search(fixture_model_dir):
+    from knn.model_dir import load_model_dir
+
+    return load_model_dir(fixture_model_dir)
+
+
+def require_toys_10k():
+    if not TOYS_10K.is_file():
+        pytest.skip(f"{TOYS_10K} is not here (it lives in ../shared beside the checkout)")
+    return TOYS_10K

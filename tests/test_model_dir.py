@@ -1,0 +1,71 @@
+"""knn.model_dir: the manifest, verification before loading, and refusal of tampered dirs."""
+import json
+import shutil
+
+import pytest
+
+from knn.errors import ModelDirError
+from knn.model_dir import MANIFEST, load_model_dir, verify_model_dir
+
+
+@pytest.fixture()
+def model_copy(fixture_model_dir, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(fixture_model_dir, target)
+    return target
+
+
+def test_manifest_lists_every_file_with_sha256(fixture_model_dir):
+    manifest = json.loads((fixture_model_dir / MANIFEST).read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["encoder_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    files = manifest["files"]
+    for name in ("catalog.parquet", "sentences.parquet", "vectors.npy", "encoder/model.safetensors",
+                 "encoder/tokenizer.json"):
+        assert len(files[name]["sha256"]) == 64
+    on_disk = {p.relative_to(fixture_model_dir).as_posix() for p in fixture_model_dir.rglob("*") if p.is_file()}
+    assert on_disk == set(files) | {MANIFEST}
+    assert manifest["counts"]["sentences"] > 0
+
+
+def test_no_pickle_files(fixture_model_dir):
+    assert not [p for p in fixture_model_dir.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
+
+
+def test_loads_and_searches(model_copy):
+    search = load_model_dir(model_copy)
+    assert search.search("a toy", n_items=1)
+
+
+def test_code_dir_added_by_sagemaker_is_ignored(model_copy):
+    (model_copy / "code").mkdir()
+    (model_copy / "code" / "entry_point.py").write_text("# repacked\n")
+    verify_model_dir(model_copy)
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda d: (d / "vectors.npy").write_bytes((d / "vectors.npy").read_bytes()[:-100]), "truncated"),
+        (lambda d: (d / "catalog.parquet").write_bytes(b"X" + (d / "catalog.parquet").read_bytes()[1:]), "sha256"),
+        (lambda d: (d / "sentences.parquet").unlink(), "missing"),
+        (lambda d: (d / "evil.pkl").write_bytes(b"\x80\x04."), "not part of the model"),
+        (lambda d: (d / MANIFEST).unlink(), "not a model dir"),
+        (lambda d: (d / MANIFEST).write_text("{"), "unreadable"),
+        (lambda d: (d / MANIFEST).write_text(json.dumps({"format_version": 99})), "format 99"),
+    ],
+)
+def test_tampered_dirs_are_refused_before_loading(model_copy, damage, fragment):
+    damage(model_copy)
+    with pytest.raises(ModelDirError) as info:
+        load_model_dir(model_copy)
+    assert fragment in str(info.value)
+
+
+def test_encoder_weights_swapped_are_refused(model_copy):
+    weights = model_copy / "encoder" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelDirError, match="encoder/model.safetensors"):
+        load_model_dir(model_copy)
