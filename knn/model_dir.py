@@ -10,7 +10,8 @@ Layout:
 
 No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
 file's size and sha256 against the manifest before reading any of them, and refuses files that the
-manifest does not list (except `code/`, which SageMaker adds when it repacks a model).
+manifest does not list (except `code/`, which SageMaker adds when it repacks a model, and the
+`model.tar.gz` that the SDK's local mode leaves beside what it extracted).
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-IGNORED_TOP_LEVEL = {"code"}  # added by SageMaker's repack; not ours to verify
+# Not ours to verify: SageMaker's repack adds code/, and the SDK's local mode leaves the downloaded
+# archive beside what it extracted.
+IGNORED_TOP_LEVEL = {"code", "model.tar.gz"}
 
 
 def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, encoder_path: str | Path,

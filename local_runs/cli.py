@@ -1,0 +1,282 @@
+"""Command line: `local-runs` / `python -m local_runs`.
+
+    local-runs cycle [--reviews FILE] [--query Q ...]   start S3, upload, fit, deploy, query, delete
+    local-runs fit [--reviews FILE]                     train; remembers the model for `deploy`
+    local-runs deploy [--model-data S3URI] [--name N]   serve the last (or a given) model
+    local-runs predict "query" [--endpoint N]           ask an endpoint; prints a table (or --json)
+    local-runs delete [--endpoint N | --all]            stop an endpoint and free its port
+    local-runs endpoints                                list endpoints and their health
+
+`--backend sim|docker|sagemaker` (or LOCAL_RUNS_BACKEND, or local_runs.toml) picks where it runs.
+Errors are one line on stderr and a non-zero exit; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
+from local_runs.config import BACKENDS, ConfigError, load_settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_REVIEWS = ROOT / "fixtures" / "reviews.csv"
+EXAMPLE_QUERIES = [
+    "My children liked it",
+    "a bath toy that floats",
+    "good for long car rides",
+]
+LAST_MODEL_FILE = "last_model.json"
+DEFAULT_ENDPOINT = "review-search"
+
+
+class UsageError(Exception):
+    """The command was asked something it cannot do; the message says what to do instead."""
+
+
+def _phase(name: str, timings: dict):
+    @contextmanager
+    def timer():
+        start = time.perf_counter()
+        print(f"==> {name}", flush=True)
+        yield
+        timings[name] = time.perf_counter() - start
+        print(f"<== {name}: {timings[name]:.1f} s", flush=True)
+    return timer()
+
+
+def format_results(query, response: dict) -> str:
+    """A readable table of one query's products."""
+    shown = query if isinstance(query, str) else " / ".join(query)
+    lines = [f'\nQuery: "{shown}"']
+    if not response:
+        return "\n".join(lines + ["  (no products)"])
+    lines.append(f"  {'#':>2}  {'score':>6}  {'stars':<5}  {'product':<42}  matched sentence")
+    for rank, item in enumerate(response.values(), 1):
+        title = item["product_title"] if len(item["product_title"]) <= 42 else item["product_title"][:41] + "…"
+        stars = "*" * int(item["star_rating"])
+        sentence = item["matched_sentence"] if len(item["matched_sentence"]) <= 70 else item["matched_sentence"][:69] + "…"
+        lines.append(f"  {rank:>2}  {item['product_search_score']:6.3f}  {stars:<5}  {title:<42}  {sentence}")
+    return "\n".join(lines)
+
+
+def _state_file(settings, name: str) -> Path:
+    from local_runs.backends import state_dir
+
+    return state_dir(settings) / name
+
+
+def _remember_model(settings, backend_name: str, model_data: str, job_name: str) -> None:
+    path = _state_file(settings, LAST_MODEL_FILE)
+    path.write_text(json.dumps({"backend": backend_name, "model_data": model_data, "job_name": job_name}, indent=1))
+
+
+def _last_model(settings) -> dict:
+    path = _state_file(settings, LAST_MODEL_FILE)
+    if not path.is_file():
+        raise UsageError("no trained model yet: run `local-runs fit` first, or pass --model-data s3://.../model.tar.gz")
+    return json.loads(path.read_text())
+
+
+def _hyperparameters(args) -> dict:
+    return {"index-kind": args.index_kind} if getattr(args, "index_kind", None) else {}
+
+
+def _reviews_path(args) -> Path:
+    path = Path(args.reviews) if args.reviews else FIXTURE_REVIEWS
+    if not path.is_file():
+        raise UsageError(f"reviews file {path} does not exist; pass --reviews PATH to a reviews CSV/TSV")
+    return path
+
+
+# --- commands ------------------------------------------------------------------------------------
+def cmd_cycle(settings, args) -> int:
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    reviews = _reviews_path(args)
+    queries = args.query or EXAMPLE_QUERIES
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    with open_backend(settings) as backend:
+        print(f"backend: {backend.name} (instance type {backend.instance_type})")
+        with _phase("upload", timings):
+            train_uri = backend.upload(reviews)
+            print(f"training data: {train_uri}")
+        with _phase("fit", timings):
+            estimator = job.fit(backend, train_uri, _hyperparameters(args))
+            print(f"model: {estimator.model_data}")
+        with _phase("deploy", timings):
+            predictor = job.deploy(estimator, backend)
+        try:
+            with _phase("predict", timings):
+                for query in queries:
+                    print(format_results(query, job.predict(predictor, query, n_items=args.n_items)))
+        finally:
+            with _phase("delete", timings):
+                predictor.delete_endpoint(delete_endpoint_config=True)
+                predictor.delete_model()
+    total = time.perf_counter() - start
+    print("\ncycle: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {total:.1f} s")
+    return 0
+
+
+def cmd_fit(settings, args) -> int:
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    reviews = _reviews_path(args)
+    with open_backend(settings, persistent=True) as backend:
+        train_uri = backend.upload(reviews)
+        estimator = job.fit(backend, train_uri, _hyperparameters(args))
+        _remember_model(settings, backend.name, estimator.model_data, estimator.latest_training_job.name)
+        print(f"model: {estimator.model_data}\nnext: local-runs deploy")
+    return 0
+
+
+def cmd_deploy(settings, args) -> int:
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    model_data = args.model_data or _last_model(settings)["model_data"]
+    with open_backend(settings, persistent=True) as backend:
+        predictor = job.deploy(job.make_model(backend, model_data), backend, endpoint_name=args.name)
+        print(f"endpoint {predictor.endpoint_name} is in service\n"
+              f"next: local-runs predict \"my kids loved it\" --endpoint {predictor.endpoint_name}")
+    return 0
+
+
+def cmd_predict(settings, args) -> int:
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    filters = {k: v for k, v in (("min_star_rating", args.min_star_rating), ("offset", args.offset)) if v is not None}
+    with open_backend(settings, persistent=True) as backend:
+        predictor = job.predictor_for(backend, args.endpoint)
+        query = args.query if len(args.query) > 1 else args.query[0]
+        response = job.predict(predictor, query, n_items=args.n_items, **filters)
+    print(json.dumps(response, indent=1, ensure_ascii=False) if args.json else format_results(query, response))
+    return 0
+
+
+def cmd_delete(settings, args) -> int:
+    from local_runs.backends import open_backend
+
+    with open_backend(settings, persistent=True) as backend:
+        names = [args.endpoint] if not args.all else [e["name"] for e in _list_endpoints(backend)]
+        for name in names:
+            backend.session.delete_endpoint(name)
+            print(f"endpoint {name} deleted")
+    return 0
+
+
+def _list_endpoints(backend) -> list[dict]:
+    if backend.name == "sim":
+        from local_runs.sim.endpoints import list_endpoints
+
+        return list_endpoints(backend.session.state_dir)
+    client = backend.session.sagemaker_client
+    return [{"name": e["EndpointName"], "status": e["EndpointStatus"]}
+            for e in client.list_endpoints().get("Endpoints", [])]
+
+
+def cmd_endpoints(settings, args) -> int:
+    from local_runs.backends import open_backend
+
+    with open_backend(settings, persistent=True) as backend:
+        endpoints = _list_endpoints(backend)
+    if not endpoints:
+        print("no endpoints")
+    for e in endpoints:
+        where = f"  {e.get('url', '')}" if e.get("url") else ""
+        print(f"{e['name']:<32} {e.get('status', '?'):<12}{where}")
+    return 0
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="local-runs", description="Review search on SageMaker, local-first.")
+    parser.add_argument("--backend", choices=BACKENDS, help="where to run (default: sim; or LOCAL_RUNS_BACKEND)")
+    parser.add_argument("--config", help="settings file (default: ./local_runs.toml if present)")
+    parser.add_argument("--state-dir", help="where sim keeps endpoint state (default .local_runs)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def reviews_options(p):
+        p.add_argument("--reviews", help="reviews CSV/TSV (optionally .gz); default: fixtures/reviews.csv")
+        p.add_argument("--index-kind", choices=["auto", "graph", "exact"], help="kNN index (default auto)")
+
+    p = commands.add_parser("cycle", help="fit, deploy, query and delete in one go (the main job)")
+    reviews_options(p)
+    p.add_argument("--query", action="append", help="a query to run (repeatable); default: examples")
+    p.add_argument("--n-items", type=int, default=3)
+    p.set_defaults(run=cmd_cycle)
+
+    p = commands.add_parser("fit", help="train a model from a reviews file")
+    reviews_options(p)
+    p.set_defaults(run=cmd_fit)
+
+    p = commands.add_parser("deploy", help="deploy the last trained model (or --model-data)")
+    p.add_argument("--model-data", help="s3:// URI of a model.tar.gz (default: the last fit)")
+    p.add_argument("--name", default=DEFAULT_ENDPOINT, help=f"endpoint name (default {DEFAULT_ENDPOINT})")
+    p.set_defaults(run=cmd_deploy)
+
+    p = commands.add_parser("predict", help="query an endpoint")
+    p.add_argument("query", nargs="+", help="the query; several arguments = several query sentences")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    p.add_argument("--n-items", type=int, default=3)
+    p.add_argument("--min-star-rating", type=int)
+    p.add_argument("--offset", type=int)
+    p.add_argument("--json", action="store_true", help="print the raw JSON response")
+    p.set_defaults(run=cmd_predict)
+
+    p = commands.add_parser("delete", help="delete an endpoint")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    group.add_argument("--all", action="store_true", help="every endpoint of this backend")
+    p.set_defaults(run=cmd_delete)
+
+    p = commands.add_parser("endpoints", help="list endpoints")
+    p.set_defaults(run=cmd_endpoints)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        message = exc.response.get("OriginalMessage") or error.get("Message") or str(exc)
+        try:
+            message = json.loads(message)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        return f"{error.get('Code', 'error')}: {message}"
+    if isinstance(exc, BotoCoreError):
+        return f"AWS client: {exc}"
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(
+            cli={"backend": args.backend, "state_dir": args.state_dir}, config_path=args.config)
+        return args.run(settings, args)
+    except KeyboardInterrupt:
+        print("interrupted: stopping what was started", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure becomes one line unless --debug
+        if args.debug:
+            raise
+        message = " ".join(_one_line(exc).split())
+        print(f"local-runs {args.command}: error: {message[:2000]}", file=sys.stderr)
+        return 1
