@@ -19,7 +19,13 @@ import os
 import sys
 from http import HTTPStatus
 
-from knn.errors import QueryError, SearchError
+# SageMaker's repack puts `dependencies` (knn) under code/lib, which the inference toolkit does not
+# add to the import path; training finds knn beside this file.
+_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
+if os.path.isdir(_LIB) and _LIB not in sys.path:
+    sys.path.insert(0, _LIB)
+
+from knn.errors import QueryError, SearchError  # noqa: E402
 
 log = logging.getLogger("entry_point")
 
@@ -146,7 +152,7 @@ def input_fn(request_body, request_content_type):
 
 def predict_fn(request, model):
     try:
-        results = model.search(request.query, n_items=request.n_items)
+        results = model.search(request.query, n_items=request.n_items, min_star_rating=request.min_star_rating, offset=request.offset)
     except QueryError as exc:
         raise _toolkit_error(HTTPStatus.BAD_REQUEST, str(exc)) from None
     return {f"pred{rank}": result for rank, result in enumerate(results)}

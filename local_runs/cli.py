@@ -120,8 +120,8 @@ def cmd_cycle(settings, args) -> int:
                     print(format_results(query, job.predict(predictor, query, n_items=args.n_items)))
         finally:
             with _phase("delete", timings):
+                predictor.delete_model()  # first: it looks the model up through the endpoint config
                 predictor.delete_endpoint(delete_endpoint_config=True)
-                predictor.delete_model()
     total = time.perf_counter() - start
     print("\ncycle: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {total:.1f} s")
     return 0

@@ -1,0 +1,1 @@
+"""Holds ``sitecustomize.py``, which sim puts on the PYTHONPATH of its job processes."""

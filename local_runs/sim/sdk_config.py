@@ -1,0 +1,52 @@
+"""Quiet, offline SDK settings: no telemetry calls, no v2 deprecation banner.
+
+* ``SAGEMAKER_SUPPRESS_V2_WARNING=1`` (set by ``quiet_sdk_environment``; it must be in
+  ``os.environ`` before ``import sagemaker`` to silence the banner).
+* Telemetry opt-out through an SDK defaults YAML (``SageMaker.PythonSDK.Modules.
+  TelemetryOptOut: true``) named by ``SAGEMAKER_USER_CONFIG_OVERRIDE`` -- written to the
+  state dir unless the user already points that variable at their own file -- and, in any
+  case, forced into the session's in-memory ``sagemaker_config``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SUPPRESS_ENV = "SAGEMAKER_SUPPRESS_V2_WARNING"
+USER_CONFIG_ENV = "SAGEMAKER_USER_CONFIG_OVERRIDE"
+DEFAULTS_YAML = """\
+# Written by local_runs.sim: SageMaker SDK defaults for offline runs.
+SchemaVersion: '1.0'
+SageMaker:
+  PythonSDK:
+    Modules:
+      TelemetryOptOut: true
+"""
+
+
+def quiet_sdk_environment(state_dir: str | os.PathLike | None = None) -> None:
+    """Set the variables above (never overriding values the user set)."""
+    os.environ.setdefault(SUPPRESS_ENV, "1")
+    current = os.environ.get(USER_CONFIG_ENV)
+    ours_but_gone = (current is not None and Path(current).name == "sagemaker-defaults.yaml"
+                     and not Path(current).exists())
+    if state_dir is not None and (current is None or ours_but_gone):
+        path = Path(state_dir) / "sagemaker-defaults.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != DEFAULTS_YAML:
+            path.write_text(DEFAULTS_YAML)
+        os.environ[USER_CONFIG_ENV] = str(path)
+
+
+def with_telemetry_opt_out(config: dict | None) -> dict:
+    """A copy of an SDK config dict with TelemetryOptOut forced on."""
+    config = dict(config or {})
+    config.setdefault("SchemaVersion", "1.0")
+    sagemaker = dict(config.get("SageMaker") or {})
+    python_sdk = dict(sagemaker.get("PythonSDK") or {})
+    modules = dict(python_sdk.get("Modules") or {})
+    modules["TelemetryOptOut"] = True
+    python_sdk["Modules"] = modules
+    sagemaker["PythonSDK"] = python_sdk
+    config["SageMaker"] = sagemaker
+    return config

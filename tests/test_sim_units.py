@@ -1,0 +1,220 @@
+"""Fast checks of the sim building blocks (no SageMaker SDK cycle, no training)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from local_runs import daemon, s3_server
+from local_runs.sim import registry
+from local_runs.sim.gateway import RuntimeGateway
+from local_runs.sim.netguard import NonLocalEndpointError, install_request_guard, is_loopback_url
+from local_runs.sim.requirements import RequirementsNotSatisfied, ensure_satisfied, unsatisfied
+
+
+# --- netguard ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, local", [
+    ("http://127.0.0.1:9000", True), ("http://127.1.2.3", True), ("http://localhost:80", True),
+    ("http://[::1]:5000", True), ("https://s3.amazonaws.com", False), ("http://10.0.0.1", False),
+    ("http://0.0.0.0:9000", False), ("http://localhost.evil.com", False), ("", False), (None, False),
+])
+def test_loopback_urls(url, local):
+    assert is_loopback_url(url) is local
+
+
+def test_session_refuses_non_local_s3(tmp_path):
+    from local_runs.sim import SimSession
+
+    with pytest.raises(NonLocalEndpointError, match="not local"):
+        SimSession(s3_endpoint_url="https://s3.us-east-1.amazonaws.com", default_bucket="b", state_dir=tmp_path)
+    with pytest.raises(NonLocalEndpointError, match="runtime"):
+        SimSession(s3_endpoint_url="http://127.0.0.1:1", default_bucket="b", state_dir=tmp_path,
+                   runtime_endpoint_url="https://runtime.sagemaker.us-east-1.amazonaws.com")
+
+
+def test_session_wiring_and_endpoint_api_errors(tmp_path):
+    from local_runs.sim import SimSession
+    from local_runs.sim.runtime import SimRuntimeClient
+
+    session = SimSession("http://127.0.0.1:9", "bucket", state_dir=tmp_path)  # nothing is contacted yet
+    client = session.sagemaker_client
+    assert isinstance(session.sagemaker_runtime_client, SimRuntimeClient)
+    assert session.config["local"]["container_root"] == str(tmp_path / "work")
+    assert session.sagemaker_config["SageMaker"]["PythonSDK"]["Modules"]["TelemetryOptOut"] is True
+    assert os.environ["SAGEMAKER_SUPPRESS_V2_WARNING"]
+    with pytest.raises(ClientError, match="Could not find"):
+        client.delete_endpoint(EndpointName="no-such-endpoint")
+    with pytest.raises(ClientError, match="invalid endpoint name"):
+        client.delete_endpoint(EndpointName="bad_name")
+    with pytest.raises(ClientError):
+        client.describe_endpoint(EndpointName="no-such-endpoint")
+    with pytest.raises(NotImplementedError, match="docker backend"):
+        client.create_transform_job(TransformJobName="t")
+
+
+def test_request_guard_blocks_calls_off_this_machine():
+    session = s3_server.boto_session()
+    install_request_guard(session)
+    sts = session.client("sts")
+    with pytest.raises(NonLocalEndpointError, match="blocked"):
+        sts.get_caller_identity()
+
+
+# --- requirements check --------------------------------------------------------------------
+
+def test_requirements_check(tmp_path):
+    (tmp_path / "more.txt").write_text("packaging>=1  # comment\n")
+    req = tmp_path / "requirements.txt"
+    req.write_text(
+        "--index-url https://example.invalid/simple\n"
+        "boto3\n"
+        "-r more.txt\n"
+        "definitely-not-installed-xyz==1.0\n"
+        "packaging<1\n"
+        "also-missing; python_version < '3'\n"  # marker false: skipped
+    )
+    problems = unsatisfied(req)
+    assert any("definitely-not-installed-xyz" in p and "not installed" in p for p in problems)
+    assert any(p.startswith("packaging<1") and "installed:" in p for p in problems)
+    assert not any("also-missing" in p or "boto3" in p for p in problems)
+    with pytest.raises(RequirementsNotSatisfied, match="definitely-not-installed-xyz"):
+        ensure_satisfied(req)
+    ok = tmp_path / "ok.txt"
+    ok.write_text("boto3\npackaging>=20\n")
+    ensure_satisfied(ok)
+
+
+# --- registry --------------------------------------------------------------------------------
+
+def test_registry_claim_and_staleness(tmp_path):
+    record = registry.claim(tmp_path, "ep-1", config_name="c")
+    assert record["status"] == registry.CREATING and registry.is_live(record)
+    with pytest.raises(registry.EndpointExistsError):
+        registry.claim(tmp_path, "ep-1")
+    registry.update(tmp_path, "ep-1", pid=999_999_999)  # a process that does not exist
+    assert registry.live_record(tmp_path, "ep-1") is None
+    assert registry.claim(tmp_path, "ep-1")["owner_pid"] == os.getpid()  # stale record replaced
+    for bad in ("../etc", "a_b", "-x", "x" * 64, ""):
+        with pytest.raises(ValueError):
+            registry.record_path(tmp_path, bad)
+
+
+# --- local S3 --------------------------------------------------------------------------------
+
+def test_local_s3_context(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    with s3_server.LocalS3(bucket="unit-bucket") as s3:
+        assert s3.port and s3.url.startswith("http://127.0.0.1:")
+        assert os.environ["AWS_ENDPOINT_URL_S3"] == s3.url
+        client = s3.client()
+        assert "unit-bucket" in [b["Name"] for b in client.list_buckets()["Buckets"]]
+        client.put_object(Bucket="unit-bucket", Key="k", Body=b"v")
+        assert client.get_object(Bucket="unit-bucket", Key="k")["Body"].read() == b"v"
+        port = s3.port
+    assert "AWS_ENDPOINT_URL_S3" not in os.environ
+    assert not daemon.port_accepts("127.0.0.1", port)
+
+
+# --- the runtime gateway against a fake container -------------------------------------------
+
+class _FakeContainer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status = int(json.loads(body or b"{}").get("status", 200))
+        if status == 0:
+            time.sleep(2)
+            status = 200
+        payload = b"bad request from model" if status >= 400 else body
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except BrokenPipeError:  # the gateway gave up waiting (timeout case)
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def fake_endpoint(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeContainer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    registry.update(tmp_path, "fake-ep", status=registry.IN_SERVICE, pid=os.getpid(),
+                    create_time=daemon.process_create_time(os.getpid()), host="127.0.0.1",
+                    port=server.server_address[1], log_path=str(tmp_path / "fake.log"))
+    yield tmp_path
+    server.shutdown()
+    server.server_close()
+
+
+def _runtime(url):
+    return s3_server.boto_session().client("sagemaker-runtime", endpoint_url=url)
+
+
+def test_gateway_maps_container_errors_to_model_error(fake_endpoint):
+    with RuntimeGateway(fake_endpoint, invoke_timeout=0.5) as gateway:
+        runtime = _runtime(gateway.url)
+        ok = runtime.invoke_endpoint(EndpointName="fake-ep", Body=b'{"x": 1}', ContentType="application/json")
+        assert json.loads(ok["Body"].read()) == {"x": 1}
+        assert ok["ContentType"] == "application/json" and ok["InvokedProductionVariant"] == "AllTraffic"
+
+        for status in (400, 500, 503):
+            with pytest.raises(ClientError) as info:
+                runtime.invoke_endpoint(EndpointName="fake-ep", Body=json.dumps({"status": status}),
+                                        ContentType="application/json")
+            error = info.value
+            assert isinstance(error, runtime.exceptions.ModelError)
+            assert error.response["Error"]["Code"] == "ModelError"
+            assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+            assert error.response["OriginalStatusCode"] == status
+            assert error.response["OriginalMessage"] == "bad request from model"
+            kind = "client" if status < 500 else "server"
+            assert f"Received {kind} error ({status}) from primary" in str(error)
+
+        with pytest.raises(runtime.exceptions.ModelError) as info:  # container too slow
+            runtime.invoke_endpoint(EndpointName="fake-ep", Body=b'{"status": 0}', ContentType="application/json")
+        assert info.value.response["OriginalStatusCode"] == 0
+        assert "timed out" in info.value.response["OriginalMessage"]
+
+        with pytest.raises(runtime.exceptions.ValidationError, match="not found"):
+            runtime.invoke_endpoint(EndpointName="no-such-ep", Body=b"{}", ContentType="application/json")
+
+        with pytest.raises(ClientError) as info:
+            runtime.invoke_endpoint(EndpointName="fake-ep", Body=b"x" * (6 * 1024 * 1024 + 1))
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
+def test_gateway_reached_through_env_var(fake_endpoint, monkeypatch):
+    with RuntimeGateway(fake_endpoint) as gateway:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", gateway.url)
+        runtime = boto3.client("sagemaker-runtime", region_name="us-east-1",
+                               aws_access_key_id="x", aws_secret_access_key="y")
+        out = runtime.invoke_endpoint(EndpointName="fake-ep", Body=b'{"y": 2}', ContentType="application/json")
+        assert json.loads(out["Body"].read()) == {"y": 2}
+
+
+def test_port_file_round_trip(tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    path = tmp_path / "d.json"
+    info = daemon.write_port_file(path, "127.0.0.1", listener.getsockname()[1], extra="x")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert daemon.discover(path)["extra"] == "x" and info["pid"] == os.getpid()
+    listener.close()
+    assert daemon.discover(path) is None  # not listening any more
+    daemon.remove_port_file(path)
+    assert not path.exists()
+    assert sys.executable == daemon.python()
