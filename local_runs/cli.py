@@ -6,6 +6,7 @@
     local-runs predict "query" [--endpoint N]           ask an endpoint; prints a table (or --json)
     local-runs delete [--endpoint N | --all]            stop an endpoint and free its port
     local-runs endpoints                                list endpoints and their health
+    local-runs shutdown                                 sim: delete every endpoint, stop S3 and gateway
 
 `--backend sim|docker|sagemaker` (or LOCAL_RUNS_BACKEND, or local_runs.toml) picks where it runs.
 Errors are one line on stderr and a non-zero exit; `--debug` shows the traceback.
@@ -199,6 +200,24 @@ def cmd_endpoints(settings, args) -> int:
     return 0
 
 
+def cmd_shutdown(settings, args) -> int:
+    if settings.backend != "sim":
+        raise UsageError("shutdown stops the sim backend's local services; use `delete` for other backends")
+    from local_runs import s3_server
+    from local_runs.backends import state_dir
+    from local_runs.sim import endpoints, gateway
+
+    directory = state_dir(settings)
+    for record in endpoints.list_endpoints(directory):
+        endpoints.stop_endpoint(directory, record["name"])
+        print(f"endpoint {record['name']} stopped")
+    if gateway.stop_daemon(directory / "gateway.json"):
+        print("runtime gateway stopped")
+    if s3_server.stop_daemon(directory / "s3.json"):
+        print("S3 server stopped (its objects are gone)")
+    return 0
+
+
 # --- parsing ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="local-runs", description="Review search on SageMaker, local-first.")
@@ -244,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("endpoints", help="list endpoints")
     p.set_defaults(run=cmd_endpoints)
+
+    p = commands.add_parser("shutdown", help="sim: stop every endpoint and the local S3 and gateway")
+    p.set_defaults(run=cmd_shutdown)
     return parser
 
 
