@@ -289,6 +289,9 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        # The SDK logs where it looked for defaults files, on stdout, unless a level is already set.
+        logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
     try:
         settings = load_settings(
             cli={"backend": args.backend, "state_dir": args.state_dir}, config_path=args.config)
