@@ -65,8 +65,10 @@ def main(argv=None) -> int:
     try:
         train(argv)
     except SearchError as exc:
-        # One line, no traceback: the toolkit puts stderr's tail into the job's FailureReason.
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        # One line, no traceback. The training toolkit copies stderr into the job's FailureReason
+        # from the first line that names a Python error class, hence the class name in front.
+        kind = "ValueError" if isinstance(exc, ValueError) else "RuntimeError"
+        print(f"{kind}: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
 
