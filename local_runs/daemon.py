@@ -241,3 +241,13 @@ def wait_for_stop_signal() -> int:
 def python() -> str:
     """The interpreter that runs this process (daemons use the same one)."""
     return sys.executable
+
+
+def stop_daemon(port_file: str | os.PathLike, timeout: float = 10.0) -> bool:
+    """Stop the daemon announced in ``port_file`` and remove the file; True when one was running."""
+    info = read_json(port_file)
+    if not info:
+        return False
+    stopped = stop_pid(info.get("pid"), info.get("create_time"), timeout=timeout)
+    remove_port_file(port_file, info.get("pid"))
+    return stopped

@@ -268,12 +268,7 @@ def ensure_daemon(port_file: str | os.PathLike, state_dir: str | os.PathLike, po
 
 def stop_daemon(port_file: str | os.PathLike, timeout: float = 10.0) -> bool:
     """Stop the gateway daemon behind ``port_file``; True when one was running."""
-    info = daemon.read_json(port_file)
-    if not info:
-        return False
-    stopped = daemon.stop_pid(info.get("pid"), info.get("create_time"), timeout=timeout)
-    daemon.remove_port_file(port_file, info.get("pid"))
-    return stopped
+    return daemon.stop_daemon(port_file, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
