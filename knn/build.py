@@ -9,20 +9,28 @@ import pandas as pd
 
 from knn.encoder import bundled_model_path, load_encoder
 from knn.index import build_index
+from knn.lexical import LexicalIndex, kept_headline, passage_documents, review_documents
 from knn.model_dir import save_model_dir
 from knn.reviews import read_reviews
 from knn.search import Corpus
-from knn.sentences import split_many
+from knn.sentences import split_many, split_sentences
 
 log = logging.getLogger(__name__)
 
 
 def build_corpus(catalog: pd.DataFrame, encoder, batch_size: int = 64) -> Corpus:
-    """Split every review body into sentences and embed them."""
+    """Split every review body into sentences, keep the informative headlines, embed both; build BM25."""
     sentences, owners = split_many(catalog["review_body"].tolist())
     vectors = encoder.encode(sentences, batch_size=batch_size)
     table = pd.DataFrame({"sentence": pd.Series(sentences, dtype=object), "review_row": pd.Series(owners, dtype="int64")})
-    return Corpus(catalog, table, vectors)
+    headlines = [" ".join(" ".join(split_sentences(kept_headline(h))).split()) for h in catalog["review_headline"].tolist()]
+    rows = [row for row, text in enumerate(headlines) if text]
+    headline_table = pd.DataFrame({"headline": pd.Series([headlines[row] for row in rows], dtype=object),
+                                   "review_row": pd.Series(rows, dtype="int64")})
+    headline_vectors = encoder.encode(headline_table["headline"].tolist(), batch_size=batch_size)
+    lexical = LexicalIndex.build(review_documents(catalog))
+    passage_lexical = LexicalIndex.build(passage_documents(table, headline_table))
+    return Corpus(catalog, table, vectors, headline_table, headline_vectors, lexical, passage_lexical)
 
 
 def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind: str = "auto",
@@ -45,9 +53,12 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     mark = time.perf_counter()
     options = {} if n_neighbors is None else {"n_neighbors": n_neighbors}
     index = build_index(corpus.vectors, index_kind, **options)
+    headline_index = build_index(corpus.headline_vectors, index_kind, **options)
     timings["index_s"] = time.perf_counter() - mark
-    log.info("%s index over %d sentences built in %.1f s", index.kind, len(corpus.vectors), timings["index_s"])
+    log.info("%s index over %d sentences and %s index over %d headlines built in %.1f s", index.kind,
+             len(corpus.vectors), headline_index.kind, len(corpus.headline_vectors), timings["index_s"])
 
-    save_model_dir(model_dir, corpus, index, encoder_path)
+    save_model_dir(model_dir, corpus, index, encoder_path, headline_index=headline_index)
     timings["total_s"] = time.perf_counter() - start
-    return {"reviews": len(catalog), "sentences": len(corpus.sentences), "index_kind": index.kind, **timings}
+    return {"reviews": len(catalog), "sentences": len(corpus.sentences), "headlines": len(corpus.headlines),
+            "index_kind": index.kind, **timings}

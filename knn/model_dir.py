@@ -7,6 +7,14 @@ Layout:
     sentences.parquet      sentence text and the catalog row it came from
     vectors.npy            float32 unit vectors, one row per sentence
     index/                 the graph index's files (none for exact search)
+    headlines.parquet      the review headlines that are searched (not "Five Stars"-style) and their catalog row
+    headline_vectors.npy   float32 unit vectors, one row per headline
+    headline_index/        the headlines' graph index files (none for exact search)
+    lexical/               BM25 weights (knn.lexical), .npz + vocabulary JSON: reviews.* (one document
+                           per review) and passages.* (one per body sentence, then one per headline)
+
+Model dirs written before headlines and BM25 existed still load: without headlines, and with the BM25
+index rebuilt from the catalog.
 
 No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
 file's size and sha256 against the manifest before reading any of them, and refuses files that the
@@ -26,6 +34,7 @@ import pandas as pd
 from knn.encoder import ENCODER_ID, copy_model, file_sha256, load_encoder
 from knn.errors import ModelDirError
 from knn.index import VectorIndex, load_index
+from knn.lexical import LexicalIndex, passage_documents, review_documents
 from knn.search import Corpus, ProductSearch
 
 log = logging.getLogger(__name__)
@@ -38,7 +47,7 @@ IGNORED_TOP_LEVEL = {"code", "model.tar.gz"}
 
 
 def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, encoder_path: str | Path,
-                   extra: dict | None = None) -> Path:
+                   extra: dict | None = None, headline_index: VectorIndex | None = None) -> Path:
     """Write the model dir; the manifest is written last, so a half-written dir never verifies."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -49,6 +58,21 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     corpus.sentences.to_parquet(directory / "sentences.parquet", index=False)
     np.save(directory / "vectors.npy", np.ascontiguousarray(corpus.vectors, dtype=np.float32), allow_pickle=False)
     index.save(directory / "index")
+    extra = dict(extra or {})
+    counts_extra = {}
+    if corpus.headlines is not None and corpus.headline_vectors is not None:
+        if headline_index is None:
+            raise ValueError("headlines need their index: pass headline_index")
+        corpus.headlines.to_parquet(directory / "headlines.parquet", index=False)
+        np.save(directory / "headline_vectors.npy", np.ascontiguousarray(corpus.headline_vectors, dtype=np.float32),
+                allow_pickle=False)
+        headline_index.save(directory / "headline_index")
+        extra["headline_index_kind"] = headline_index.kind
+        counts_extra["headlines"] = int(len(corpus.headlines))
+    if corpus.lexical is not None:
+        corpus.lexical.save(directory / "lexical", "reviews")
+    if corpus.passage_lexical is not None:
+        corpus.passage_lexical.save(directory / "lexical", "passages")
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory).as_posix()
@@ -64,9 +88,10 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
             "products": int(corpus.catalog["product_id"].nunique()),
             "sentences": int(len(corpus.sentences)),
             "dimensions": int(corpus.vectors.shape[1]),
+            **counts_extra,
         },
         "files": files,
-        **(extra or {}),
+        **extra,
     }
     temporary = directory / (MANIFEST + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -129,7 +154,31 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
         raise ModelDirError(f"{directory}: cannot read the model's data ({exc}); rebuild the model") from None
     if len(vectors) != len(sentences):
         raise ModelDirError(f"{directory}: {len(vectors)} vectors for {len(sentences)} sentences; rebuild the model")
+    listed = manifest.get("files") or {}
+    headlines = headline_vectors = headline_index = None
+    if "headlines.parquet" in listed:
+        try:
+            headlines = pd.read_parquet(directory / "headlines.parquet")
+            headline_vectors = np.load(directory / "headline_vectors.npy", allow_pickle=False)
+        except Exception as exc:
+            raise ModelDirError(f"{directory}: cannot read the model's headlines ({exc}); rebuild the model") from None
+        if len(headline_vectors) != len(headlines):
+            raise ModelDirError(f"{directory}: {len(headline_vectors)} vectors for {len(headlines)} headlines; rebuild the model")
+        headline_index = load_index(manifest.get("headline_index_kind", "exact"), directory / "headline_index",
+                                    headline_vectors)
+    else:
+        log.warning("%s has no headlines (built by an older version); rebuild it for the tuned ranking", directory)
+    n_passages = len(sentences) + (len(headlines) if headlines is not None else 0)
+    lexical = {}
+    for name, n_documents, documents in (("reviews", len(catalog), lambda: review_documents(catalog)),
+                                         ("passages", n_passages, lambda: passage_documents(sentences, headlines))):
+        if "lexical/" + LexicalIndex.files(name)[0] in listed:
+            lexical[name] = LexicalIndex.load(directory / "lexical", name, n_documents)
+        else:
+            log.info("%s has no BM25 index of %s (built by an older version); building it", directory, name)
+            lexical[name] = LexicalIndex.build(documents())
     encoder = load_encoder(directory / "encoder", threads=threads, verify=False)  # verified above
     index = load_index(manifest["index_kind"], directory / "index", vectors)
     log.info("model loaded from %s: %s", directory, manifest["counts"])
-    return ProductSearch(encoder, index, Corpus(catalog, sentences, vectors))
+    corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"])
+    return ProductSearch(encoder, index, corpus, headline_index=headline_index)

@@ -2,10 +2,17 @@
 
 Kept apart from the entry point so the bounds are one table. Every violation raises
 `knn.QueryError` with a message that names the field and says what is allowed.
+
+| field             | type                 | default | bounds                                              |
+|-------------------|----------------------|---------|-----------------------------------------------------|
+| `query`           | string or [string]   | -       | 1-16 strings, each <= 2000 characters, with a letter or digit, no NUL |
+| `n_items`         | whole number         | 3       | 1-100 products                                      |
+| `min_star_rating` | whole number or null | null    | 1-5: only reviews rated at least this count         |
+| `offset`          | whole number         | 0       | 0-1000: skip this many products (pagination)        |
 """
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
@@ -16,15 +23,23 @@ MAX_QUERIES = 16  # strings in a list query
 MAX_QUERY_CHARS = 2000  # characters in one query string
 MAX_N_ITEMS = 100
 DEFAULT_N_ITEMS = 3
+MIN_STAR_RATING, MAX_STAR_RATING = 1, 5
+MAX_OFFSET = 1000
+FIELDS = ("query", "n_items", "min_star_rating", "offset")
+# Whole-number fields: (lowest, highest) for the messages.
+_BOUNDS = {"n_items": (1, MAX_N_ITEMS), "min_star_rating": (MIN_STAR_RATING, MAX_STAR_RATING), "offset": (0, MAX_OFFSET)}
 
 
 class SearchRequest(BaseModel):
-    """The JSON object `{"query": str | [str, ...], "n_items": int}`; unknown fields are refused."""
+    """The JSON object `{"query": str | [str, ...], "n_items": int, "min_star_rating": int | null,
+    "offset": int}`; unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
 
     query: Union[StrictStr, Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_QUERIES)]]
     n_items: Annotated[StrictInt, Field(ge=1, le=MAX_N_ITEMS)] = DEFAULT_N_ITEMS
+    min_star_rating: Optional[Annotated[StrictInt, Field(ge=MIN_STAR_RATING, le=MAX_STAR_RATING)]] = None
+    offset: Annotated[StrictInt, Field(ge=0, le=MAX_OFFSET)] = 0
 
     @field_validator("query")
     @classmethod
@@ -47,9 +62,14 @@ def _describe(error: dict) -> str:
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
     if error.get("type") == "extra_forbidden":
-        return f"unknown field {location!r}; allowed fields are 'query' and 'n_items'"
+        return f"unknown field {location!r}; allowed fields are {', '.join(repr(f) for f in FIELDS)}"
     if error.get("type") == "missing":
         return f"{location} is required"
+    field = str(error.get("loc", ("",))[0])
+    if field in _BOUNDS:
+        low, high = _BOUNDS[field]
+        nullable = " (or null)" if field == "min_star_rating" else ""
+        return f"{field} must be a whole number from {low} to {high}{nullable}, got {error.get('input')!r}"
     return f"{location}: {message}"
 
 

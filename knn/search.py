@@ -1,17 +1,50 @@
-"""ProductSearch: a shopper's phrase -> the products whose review sentences mean the same thing.
+"""ProductSearch: a shopper's phrase -> the products whose reviews say the same thing.
 
-Ranking (baseline, documented in the README):
+How results are ranked (decided with `python -m knn.evaluate` and bench/eval/variants.py on
+bench/eval/toys_queries.json: 52 queries on toys-10k; full tables in bench/eval/README.md):
+
 1. The query is split into sentences like the reviews are; each query sentence is embedded.
-2. For each query sentence the index returns CANDIDATES_PER_SENTENCE nearest review sentences; the
-   products behind them are the candidates.
-3. Every candidate product is scored against every query sentence exactly: its best sentence
-   similarity for that query sentence (cosine of unit vectors). The product's score is the mean of
-   these best similarities over the query sentences, so every query sentence counts equally.
-4. Products are ordered by score, then by product id (deterministic ties). The matched sentence is
-   the product's sentence with the highest similarity to any query sentence, shown with its review.
+2. Passages: every review-body sentence, and every review headline except Amazon's automatic
+   "Five Stars"-style ones (body sentences and headlines have one nearest-neighbour index each).
+   Candidates: the products behind the CANDIDATES_PER_SENTENCE nearest passages of each query
+   sentence, plus the products of the best reviews and passages by BM25.
+3. Dense score of a candidate: for each query sentence, its best passage similarity (cosine of unit
+   vectors), passages of 3 words or fewer ("Great!", "Love it", "Gift") counting x0.8; then the mean
+   over the query sentences, so every query sentence counts equally.
+4. Lexical score (knn.lexical): BM25 of the whole query against each review (headline + body) and
+   against each passage, divided by the BM25 of a full match (the sum of the query terms' idf, terms
+   no review has included), capped at 1: the rarity-weighted share of the query's words that a
+   review, or one of its sentences, contains. A product takes its best review or passage.
+5. Score = dense + 0.5 x lexical (`product_search_score`). Ties are broken by product id. The
+   matched sentence is the product's best passage; when that is a headline, the shown sentence is
+   the best body sentence of the same review (the headline is in `review_headline`).
+Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
+`offset` skips that many products of the same ranking (pagination).
+
+Why (toys-10k, exhaustive scoring; recall@10 / MRR@10; the seed's ranking 0.611 / 0.871):
+- Lexical blend: the largest gain, on specific queries (species, brands, names that the encoder
+  blurs: "Paw Patrol pups" brought "Paw Print" cards). BM25 per review, coverage-normalised, +0.5:
+  0.690 / 0.903; max-normalised (divide by the best review) +0.35: 0.681 / 0.905 but a partial match
+  on one common word then gets full weight (it broke a paraphrase fixture); reciprocal rank fusion
+  0.656 / 0.840; per product 0.689 / 0.889; per sentence alone 0.654 / 0.842. Weight 0.35-0.7 is a
+  plateau (0.724 / 0.911-0.926 with the rest kept). Passage-level BM25 joins review-level because
+  BM25's length normalisation halves a long review's score even when one of its sentences is the
+  query word for word ("it still looks brand new too" lost the Learning Kitchen to a 19-word review
+  saying "It still looks brand new."); it costs 0.002 recall@10 and 0.019 recall@5.
+- Headlines as passages: 0.611 -> 0.641 alone; without them the kept ranking drops to 0.699 / 0.903.
+- Short passages x0.8: 0.621 / 0.886 alone (not indexing them: 0.617 / 0.886, but then "Gift" can
+  never match); with the rest kept +0.009 recall@10, -0.003 MRR: small, kept.
+- Over a product's sentences: the best one. Mean of the top 2 / 3 sentences: 0.522 / 0.468 (most
+  products have one short review); + 0.05 log(#matching reviews): 0.618 / 0.871, no gain.
+- Over query sentences: the mean. Min 0.591, (mean + min) / 2 0.611; the whole query as one more
+  sentence helped the seed's ranking (0.630) but nothing once BM25 (which reads the whole query) is in.
+- Duplicates (one text in many reviews: "love it" x103, a spam sentence x11): down-weighting a
+  passage by its corpus frequency gave 0.611 / 0.862 (MRR -0.009); they are kept as they are, since
+  the best-passage maximum already ignores repeats within a product.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,6 +53,7 @@ import pandas as pd
 
 from knn.errors import QueryError
 from knn.index import VectorIndex
+from knn.lexical import LexicalIndex
 from knn.sentences import split_sentences
 
 CANDIDATES_PER_SENTENCE = 64
@@ -30,35 +64,130 @@ RESULT_FIELDS = (
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """The tunable parts of the ranking; the defaults are what measured best (see the module docstring)."""
+
+    lexical_weight: float = 0.5  # lexical score (0..1) x this is added to the dense score
+    lexical_norm: str = "coverage"  # BM25 divided by a full match's ("coverage") or by the best review's ("max")
+    short_words: int = 3  # passages with at most this many words ...
+    short_weight: float = 0.8  # ... have their similarity multiplied by this
+    headlines: bool = True  # review headlines are passages too
+
+    def __post_init__(self):
+        if self.lexical_norm not in ("coverage", "max"):
+            raise ValueError(f"lexical_norm must be 'coverage' or 'max', got {self.lexical_norm!r}")
+        if self.lexical_weight < 0 or not 0 <= self.short_weight <= 1 or self.short_words < 0:
+            raise ValueError(f"lexical_weight >= 0, 0 <= short_weight <= 1 and short_words >= 0 are required: {self}")
+
+    def replace(self, **changes) -> "Ranking":
+        """A copy with some fields changed; values given as strings are converted (command lines)."""
+        converted = {}
+        for name, value in changes.items():
+            field = next((f for f in dataclasses.fields(self) if f.name == name), None)
+            if field is None:
+                raise ValueError(f"unknown ranking setting {name!r}; known: {', '.join(f.name for f in dataclasses.fields(self))}")
+            kind = type(getattr(self, name))
+            if isinstance(value, str):
+                value = value.strip().lower() in ("1", "true", "yes", "on") if kind is bool else kind(value)
+            converted[name] = value
+        return dataclasses.replace(self, **converted)
+
+
+# The seed's ranking (best body sentence, mean over query sentences), kept for comparisons.
+BASELINE_RANKING = Ranking(lexical_weight=0.0, short_weight=1.0, headlines=False)
+
+
+@dataclass(frozen=True)
 class Corpus:
     """The searchable data: reviews, their sentences, and the sentence vectors (row-aligned)."""
 
     catalog: pd.DataFrame  # one row per review, knn.reviews.CATALOG_COLUMNS
     sentences: pd.DataFrame  # columns: sentence (str), review_row (int, row of catalog)
     vectors: np.ndarray  # float32 (len(sentences), dimensions), unit rows
+    headlines: pd.DataFrame | None = None  # columns: headline (str), review_row (int); kept headlines only
+    headline_vectors: np.ndarray | None = None  # float32 (len(headlines), dimensions), unit rows
+    lexical: LexicalIndex | None = None  # BM25 over reviews, one document per catalog row
+    passage_lexical: LexicalIndex | None = None  # BM25 over passages: sentences rows, then headlines rows
+
+
+class _Passages:
+    """One kind of passage (body sentences or headlines): vectors, owners, weights, nearest-neighbour index."""
+
+    def __init__(self, texts: pd.Series, vectors: np.ndarray, review_rows: np.ndarray, product_of_review: np.ndarray,
+                 n_products: int, index: VectorIndex | None, ranking: Ranking):
+        self.texts = texts.reset_index(drop=True)
+        self.vectors = vectors
+        self.review = np.asarray(review_rows, dtype=np.int64)
+        self.product = product_of_review[self.review]
+        self.index = index
+        self.by_product = np.argsort(self.product, kind="stable")
+        counts = np.bincount(self.product, minlength=n_products)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        words = self.texts.str.count(r"[^\W_]+").to_numpy() if len(self.texts) else np.zeros(0, int)
+        self.weight = np.where(words <= ranking.short_words, ranking.short_weight, 1.0).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.review)
+
+    def rows_of(self, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The passage rows of `products` and, for each, the position of its product in `products`."""
+        starts, ends = self.offsets[products], self.offsets[products + 1]
+        lengths = ends - starts
+        owner = np.repeat(np.arange(len(products)), lengths)
+        if owner.size == 0:
+            return np.zeros(0, np.int64), owner
+        within = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return self.by_product[np.repeat(starts, lengths) + within], owner
 
 
 class ProductSearch:
-    """Answers queries over a Corpus with an encoder and a vector index."""
+    """Answers queries over a Corpus with an encoder and vector indexes (body sentences, headlines)."""
 
     def __init__(self, encoder, index: VectorIndex, corpus: Corpus,
-                 candidates_per_sentence: int = CANDIDATES_PER_SENTENCE):
+                 candidates_per_sentence: int = CANDIDATES_PER_SENTENCE, ranking: Ranking = Ranking(),
+                 headline_index: VectorIndex | None = None):
         self.encoder = encoder
         self.index = index
+        self.headline_index = headline_index
         self.corpus = corpus
         self.candidates_per_sentence = candidates_per_sentence
+        self.ranking = ranking
         catalog = corpus.catalog
-        review_rows = corpus.sentences["review_row"].to_numpy(np.int64)
-        codes, self._product_ids = pd.factorize(catalog["product_id"], sort=True)
+        codes, product_ids = pd.factorize(catalog["product_id"], sort=True)
+        self._product_ids = np.asarray(product_ids, dtype=object)
         self._product_of_review = codes.astype(np.int64)
-        self._product_of_sentence = self._product_of_review[review_rows]
-        self._review_of_sentence = review_rows
-        # Sentences grouped by product, to score a candidate product against all its sentences.
-        order = np.argsort(self._product_of_sentence, kind="stable")
-        self._sentences_by_product = order
-        counts = np.bincount(self._product_of_sentence, minlength=len(self._product_ids))
-        self._product_offsets = np.concatenate([[0], np.cumsum(counts)])
-        self._n_products_with_sentences = int((counts > 0).sum())
+        self._ratings = catalog["star_rating"].to_numpy(np.int64)
+        n_products = len(self._product_ids)
+        self._body = _Passages(corpus.sentences["sentence"], corpus.vectors, corpus.sentences["review_row"].to_numpy(),
+                               self._product_of_review, n_products, index, ranking)
+        self._sources = [self._body]
+        if ranking.headlines and corpus.headlines is not None and corpus.headline_vectors is not None and headline_index is not None:
+            self._sources.append(_Passages(corpus.headlines["headline"], corpus.headline_vectors,
+                                           corpus.headlines["review_row"].to_numpy(), self._product_of_review,
+                                           n_products, headline_index, ranking))
+        self._eligible_all = np.unique(np.concatenate([source.product for source in self._sources]))
+        self._columns = {name: catalog.columns.get_loc(name) for name in RESULT_FIELDS if name in catalog.columns}
+        self.lexical = corpus.lexical if ranking.lexical_weight > 0 else None
+        if self.lexical is not None and self.lexical.n_documents != len(catalog):
+            raise ValueError(f"the lexical index has {self.lexical.n_documents} documents for {len(catalog)} reviews")
+        self.passage_lexical = corpus.passage_lexical if ranking.lexical_weight > 0 else None
+        if self.passage_lexical is not None:
+            n_headlines = len(corpus.headlines) if corpus.headlines is not None else 0
+            if self.passage_lexical.n_documents != len(corpus.sentences) + n_headlines:
+                raise ValueError(f"the passage lexical index has {self.passage_lexical.n_documents} documents for "
+                                 f"{len(corpus.sentences) + n_headlines} passages")
+            # Passage rows -> review rows (headline rows only count when headlines are searched).
+            rows = [corpus.sentences["review_row"].to_numpy(np.int64)]
+            if n_headlines:
+                head_rows = corpus.headlines["review_row"].to_numpy(np.int64)
+                rows.append(head_rows if len(self._sources) > 1 else np.full(n_headlines, -1, np.int64))
+            self._review_of_passage = np.concatenate(rows)
+
+    def with_ranking(self, ranking: Ranking | None = None, index: VectorIndex | None = None,
+                     headline_index: VectorIndex | None = None) -> "ProductSearch":
+        """The same data searched with another ranking and/or other indexes (for comparisons)."""
+        return ProductSearch(self.encoder, index or self.index, self.corpus, self.candidates_per_sentence,
+                             ranking or self.ranking, headline_index or self.headline_index)
 
     @property
     def n_products(self) -> int:
@@ -72,51 +201,154 @@ class ProductSearch:
             raise QueryError("the query has no words to search for; send a phrase such as 'my kids loved it'")
         return sentences
 
-    def search(self, query: str | Sequence[str], n_items: int = 3) -> list[dict]:
-        """The `n_items` best products for `query`, best first, each a dict of RESULT_FIELDS."""
-        if isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer)) or n_items < 1:
-            raise QueryError(f"n_items must be a whole number >= 1, got {n_items!r}")
+    def search(self, query: str | Sequence[str], n_items: int = 3, min_star_rating: int | None = None,
+               offset: int = 0) -> list[dict]:
+        """The `n_items` best products for `query`, best first, each a dict of RESULT_FIELDS.
+
+        `min_star_rating` (1-5): only reviews rated at least this count, for matching and for display.
+        `offset`: skip the first `offset` products (pagination: offset=10 with n_items=10 is page 2).
+        """
+        n_items = _whole_number("n_items", n_items, minimum=1)
+        offset = _whole_number("offset", offset, minimum=0)
+        if min_star_rating is not None:
+            min_star_rating = _whole_number("min_star_rating", min_star_rating, minimum=1, maximum=5)
         sentences = self.query_sentences(query)
-        if len(self.corpus.vectors) == 0:
+        if not any(len(source) for source in self._sources):
             return []
         query_vectors = self.encoder.encode(sentences, progress=False)
-        return self.search_vectors(query_vectors, int(n_items))
+        return self.search_vectors(query_vectors, n_items, sentences, min_star_rating, offset)
 
-    def search_vectors(self, query_vectors: np.ndarray, n_items: int) -> list[dict]:
-        k = min(max(self.candidates_per_sentence, 2 * n_items), len(self.corpus.vectors))
-        hit_ids, _ = self.index.query(query_vectors, k)
-        candidates = np.unique(self._product_of_sentence[hit_ids.ravel()])
-        if len(candidates) < min(n_items, self._n_products_with_sentences):
-            # The caller wants more products than the neighbours cover: score them all.
-            candidates = np.flatnonzero(np.diff(self._product_offsets))
-        scores, best_sentence = self._score(candidates, query_vectors)
-        order = np.lexsort((self._product_ids[candidates], -scores))[:n_items]
-        return [self._result(best_sentence[i], float(scores[i])) for i in order]
+    def search_vectors(self, query_vectors: np.ndarray, n_items: int, query_text: str | Sequence[str] = (),
+                       min_star_rating: int | None = None, offset: int = 0) -> list[dict]:
+        """Rank with already-embedded query sentences; `query_text` feeds the lexical signal."""
+        query_vectors = np.atleast_2d(query_vectors)
+        wanted = offset + n_items
+        allowed = None if not min_star_rating or min_star_rating <= 1 else self._ratings >= min_star_rating
+        candidates = [self._nearest_products(source, query_vectors, wanted, allowed) for source in self._sources]
+        lexical_by_product = None
+        if self.lexical is not None:
+            lexical_by_product, lexical_candidates = self._lexical(query_text, allowed)
+            candidates.append(lexical_candidates)
+        candidates = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
+        eligible = self._eligible_products(allowed)
+        if len(candidates) < min(wanted, len(eligible)):
+            candidates = eligible  # the caller wants more products than the neighbours cover: score them all
+        if len(candidates) == 0:
+            return []
+        scores, best_kind, best_row, body_part = self._score(candidates, query_vectors, allowed)
+        if lexical_by_product is not None:
+            scores = scores + self.ranking.lexical_weight * lexical_by_product[candidates]
+        keep = np.flatnonzero(np.isfinite(scores))
+        order = keep[np.lexsort((self._product_ids[candidates[keep]], -scores[keep]))][offset:offset + n_items]
+        return [self._result(*self._shown(int(best_kind[i]), int(best_row[i]), body_part), float(scores[i])) for i in order]
 
-    def _score(self, products: np.ndarray, query_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        starts, ends = self._product_offsets[products], self._product_offsets[products + 1]
-        lengths = ends - starts
-        owner = np.repeat(np.arange(len(products)), lengths)
-        rows = self._sentences_by_product[np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])]
-        sims = self.corpus.vectors[rows] @ query_vectors.T  # (sentences, query sentences)
-        best_per_query = np.full((len(products), len(query_vectors)), -np.inf, dtype=np.float32)
-        np.maximum.at(best_per_query, owner, sims)
-        scores = best_per_query.mean(axis=1)
-        # The matched sentence: highest similarity to any query sentence; ties -> earliest row.
-        overall = sims.max(axis=1)
-        pick = np.lexsort((rows, -overall, owner))
-        first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        return scores, rows[pick[first]]
+    # --- candidates -------------------------------------------------------------------------------
+    def _nearest_products(self, source: _Passages, query_vectors: np.ndarray, wanted: int,
+                          allowed: np.ndarray | None) -> np.ndarray:
+        n = len(source)
+        if n == 0 or source.index is None:
+            return np.zeros(0, np.int64)
+        k = min(max(self.candidates_per_sentence, 2 * wanted), n)
+        if allowed is None:
+            ids, _ = source.index.query(query_vectors, k)
+            return source.product[ids.ravel()]
+        usable = allowed[source.review]
+        share = usable.mean()
+        if share == 0:
+            return np.zeros(0, np.int64)
+        # Over-fetch in proportion to what the filter removes; too few left -> caller scores all.
+        ids, _ = source.index.query(query_vectors, min(n, int(np.ceil(2 * k / share))))
+        ids = ids.ravel()
+        return source.product[ids[usable[ids]]]
 
-    def _result(self, sentence_row: int, score: float) -> dict:
-        review = self.corpus.catalog.iloc[int(self._review_of_sentence[sentence_row])]
+    def _lexical(self, query_text: str | Sequence[str], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Each product's lexical score (0..1) and the lexical candidates.
+
+        BM25 at two granularities: per review (the query's words may be spread over a review) and per
+        passage (a sentence holding all of them is not penalised for sitting in a long review). Each is
+        divided by the BM25 of a full match ("coverage", capped at 1) or by the best document's ("max");
+        a product takes the best over its reviews and passages."""
+        by_product = np.zeros(self.n_products, np.float32)
+        candidates = []
+        levels = [(self.lexical, np.arange(self.lexical.n_documents))]
+        if self.passage_lexical is not None:
+            levels.append((self.passage_lexical, self._review_of_passage))
+        for index, review_of_document in levels:
+            scores = index.scores(query_text)
+            usable = review_of_document >= 0
+            if allowed is not None:
+                usable &= allowed[np.maximum(review_of_document, 0)]
+            hit = np.flatnonzero((scores > 0) & usable)
+            if hit.size == 0:
+                continue
+            if self.ranking.lexical_norm == "coverage":
+                normalised = np.minimum(scores[hit] / index.full_match(query_text), 1.0)
+            else:
+                normalised = scores[hit] / float(scores[hit].max())
+            products = self._product_of_review[review_of_document[hit]]
+            np.maximum.at(by_product, products, normalised.astype(np.float32))
+            candidates.append(products[np.argsort(-scores[hit], kind="stable")[:self.candidates_per_sentence]])
+        return by_product, (np.concatenate(candidates) if candidates else np.zeros(0, np.int64))
+
+    def _eligible_products(self, allowed: np.ndarray | None) -> np.ndarray:
+        if allowed is None:
+            return self._eligible_all
+        products = [source.product[allowed[source.review]] for source in self._sources]
+        return np.unique(np.concatenate(products))
+
+    # --- scoring ----------------------------------------------------------------------------------
+    def _score(self, products: np.ndarray, query_vectors: np.ndarray, allowed: np.ndarray | None):
+        """Dense score of each product, its best passage (kind, row), and the body sentences scored."""
+        best = np.full((len(products), len(query_vectors)), -np.inf, dtype=np.float32)
+        parts = []
+        for kind, source in enumerate(self._sources):
+            rows, owner = source.rows_of(products)
+            if allowed is not None:
+                keep = allowed[source.review[rows]]
+                rows, owner = rows[keep], owner[keep]
+            sims = (source.vectors[rows] @ query_vectors.T) * source.weight[rows, None]
+            np.maximum.at(best, owner, sims)
+            parts.append((np.full(len(rows), kind), rows, owner, sims.max(axis=1) if len(rows) else np.zeros(0, np.float32)))
+        kinds, rows, owner, overall = (np.concatenate(column) for column in zip(*parts))
+        # The best passage of each product; ties -> body before headline, then the earlier row.
+        pick = np.lexsort((rows, kinds, -overall, owner))
+        first = pick[np.flatnonzero(np.diff(owner[pick], prepend=-1))]
+        best_kind = np.zeros(len(products), np.int64)
+        best_row = np.full(len(products), -1, np.int64)
+        best_kind[owner[first]], best_row[owner[first]] = kinds[first], rows[first]
+        return best.mean(axis=1), best_kind, best_row, parts[0]
+
+    def _shown(self, kind: int, row: int, body_part) -> tuple[int, str]:
+        """The review row and sentence to show for a product whose best passage is (kind, row)."""
+        source = self._sources[kind]
+        review = int(source.review[row])
+        if kind == 0:
+            return review, str(source.texts.iat[row])
+        # A headline matched best: show the best body sentence of the same review, else the headline.
+        _, rows, _, overall = body_part
+        mine = np.flatnonzero(self._body.review[rows] == review)
+        if mine.size == 0:
+            return review, str(source.texts.iat[row])
+        body_row = int(rows[mine[np.lexsort((rows[mine], -overall[mine]))[0]]])
+        return review, str(self._body.texts.iat[body_row])
+
+    def _result(self, review_row: int, sentence: str, score: float) -> dict:
+        catalog, column = self.corpus.catalog, self._columns
         return {
-            "review_id": str(review["review_id"]),
-            "product_id": str(review["product_id"]),
-            "product_title": str(review["product_title"]),
-            "star_rating": int(review["star_rating"]),
-            "review_headline": str(review["review_headline"]),
-            "review_body": str(review["review_body"]),
+            "review_id": str(catalog.iat[review_row, column["review_id"]]),
+            "product_id": str(catalog.iat[review_row, column["product_id"]]),
+            "product_title": str(catalog.iat[review_row, column["product_title"]]),
+            "star_rating": int(catalog.iat[review_row, column["star_rating"]]),
+            "review_headline": str(catalog.iat[review_row, column["review_headline"]]),
+            "review_body": str(catalog.iat[review_row, column["review_body"]]),
             "product_search_score": round(score, 6),
-            "matched_sentence": str(self.corpus.sentences["sentence"].iloc[int(sentence_row)]),
+            "matched_sentence": sentence,
         }
+
+
+def _whole_number(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
+            maximum is not None and value > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise QueryError(f"{name} must be a whole number {bounds}, got {value!r}")
+    return int(value)

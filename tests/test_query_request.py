@@ -2,11 +2,13 @@
 import pytest
 
 from knn.errors import QueryError
-from knn.query_request import DEFAULT_N_ITEMS, MAX_N_ITEMS, MAX_QUERIES, MAX_QUERY_CHARS, parse_request
+from knn.query_request import DEFAULT_N_ITEMS, MAX_N_ITEMS, MAX_OFFSET, MAX_QUERIES, MAX_QUERY_CHARS, parse_request
 
 
 def test_defaults_and_lists():
     assert parse_request({"query": "kids loved it"}).n_items == DEFAULT_N_ITEMS
+    defaults = parse_request({"query": "kids loved it"})
+    assert defaults.min_star_rating is None and defaults.offset == 0
     request = parse_request({"query": ["a kite", "for windy days"], "n_items": 5})
     assert request.query == ["a kite", "for windy days"] and request.n_items == 5
 
@@ -39,6 +41,40 @@ def test_defaults_and_lists():
     ],
 )
 def test_invalid_requests_name_the_problem(payload, fragment):
+    with pytest.raises(QueryError) as info:
+        parse_request(payload)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("payload", [
+    {"query": "ok", "min_star_rating": 1}, {"query": "ok", "min_star_rating": 5}, {"query": "ok", "min_star_rating": None},
+    {"query": "ok", "offset": 0}, {"query": "ok", "offset": MAX_OFFSET},
+    {"query": "ok", "n_items": 10, "offset": 20, "min_star_rating": 4},
+])
+def test_filters_within_bounds(payload):
+    request = parse_request(payload)
+    for name, value in payload.items():
+        assert getattr(request, name) == value
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ({"query": "ok", "min_star_rating": 0}, "min_star_rating must be a whole number from 1 to 5 (or null), got 0"),
+        ({"query": "ok", "min_star_rating": 6}, "min_star_rating must be a whole number from 1 to 5"),
+        ({"query": "ok", "min_star_rating": 4.5}, "min_star_rating"),
+        ({"query": "ok", "min_star_rating": "4"}, "min_star_rating"),
+        ({"query": "ok", "min_star_rating": True}, "min_star_rating"),
+        ({"query": "ok", "min_star_rating": [4]}, "min_star_rating"),
+        ({"query": "ok", "offset": -1}, "offset must be a whole number from 0 to 1000, got -1"),
+        ({"query": "ok", "offset": MAX_OFFSET + 1}, "offset must be a whole number from 0 to 1000"),
+        ({"query": "ok", "offset": 2.0}, "offset"),
+        ({"query": "ok", "offset": "10"}, "offset"),
+        ({"query": "ok", "offset": None}, "offset"),
+        ({"query": "ok", "page": 2}, "allowed fields are 'query', 'n_items', 'min_star_rating', 'offset'"),
+    ],
+)
+def test_invalid_filters_name_the_problem(payload, fragment):
     with pytest.raises(QueryError) as info:
         parse_request(payload)
     assert fragment in str(info.value)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import FIXTURES
 from knn.errors import QueryError
-from knn.search import RESULT_FIELDS
+from knn.search import BASELINE_RANKING, RESULT_FIELDS, Ranking
 
 QUERIES = json.loads((FIXTURES / "queries.json").read_text())
 
@@ -45,6 +45,9 @@ def test_deterministic(fixture_search):
 
 
 def test_every_query_sentence_counts(fixture_search):
+    # The mean over query sentences is checked on the seed's ranking (dense, body sentences only);
+    # test_score_is_dense_plus_lexical checks the full default ranking.
+    fixture_search = fixture_search.with_ranking(BASELINE_RANKING)
     first, second = QUERIES[0], next(q for q in QUERIES if q["product_id"] != QUERIES[0]["product_id"])
     combined = fixture_search.search([first["query"], second["query"]], n_items=2)
     assert {r["product_id"] for r in combined} == {first["product_id"], second["product_id"]}
@@ -74,3 +77,116 @@ def test_empty_body_reviews_stay_in_catalog_without_sentences(fixture_search):
     empty = catalog.index[catalog["review_body"].str.strip() == ""]
     assert len(empty) >= 1
     assert not np.isin(empty, fixture_search.corpus.sentences["review_row"]).any()
+
+
+def test_score_is_dense_plus_lexical(fixture_search):
+    """The default ranking, recomputed from the corpus: weighted best passage per query sentence
+    (body sentences and kept headlines, <= 3 words x0.8), mean over query sentences, plus
+    lexical_weight x the best BM25 coverage among the product's reviews and passages."""
+    ranking = fixture_search.ranking
+    query = ["a toy that squirts water in the tub", "the paint chipped"]
+    top = fixture_search.search(query, n_items=1)[0]
+    corpus = fixture_search.corpus
+    rows = corpus.catalog.index[corpus.catalog["product_id"] == top["product_id"]]
+    query_vectors = fixture_search.encoder.encode(query)
+
+    def weighted(texts, vectors):
+        words = texts.str.count(r"[^\W_]+").to_numpy()
+        weight = np.where(words <= ranking.short_words, ranking.short_weight, 1.0)
+        return (vectors @ query_vectors.T) * weight[:, None]
+
+    body = corpus.sentences["review_row"].isin(rows).to_numpy()
+    heads = corpus.headlines["review_row"].isin(rows).to_numpy()
+    sims = np.vstack([weighted(corpus.sentences["sentence"][body], corpus.vectors[body]),
+                      weighted(corpus.headlines["headline"][heads], corpus.headline_vectors[heads])])
+    dense = sims.max(axis=0).mean()
+    by_review = corpus.lexical.scores(query)[rows].max() / corpus.lexical.full_match(query)
+    passages = np.concatenate([body, heads])  # passage rows: body sentences, then headlines
+    by_passage = corpus.passage_lexical.scores(query)[passages].max() / corpus.passage_lexical.full_match(query)
+    expected = dense + ranking.lexical_weight * min(max(by_review, by_passage), 1.0)
+    assert top["product_search_score"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_rankings_differ_only_where_configured(fixture_search):
+    assert Ranking().replace(lexical_weight="0.2", headlines="false") == Ranking(lexical_weight=0.2, headlines=False)
+    with pytest.raises(ValueError, match="unknown ranking setting"):
+        Ranking().replace(colour="red")
+    with pytest.raises(ValueError, match="lexical_norm"):
+        Ranking(lexical_norm="rrf")
+    with pytest.raises(ValueError, match="short_weight"):
+        Ranking().replace(short_weight="1.5")
+    baseline = fixture_search.with_ranking(BASELINE_RANKING)
+    assert baseline.lexical is None and len(baseline._sources) == 1
+    assert len(fixture_search._sources) == 2 and fixture_search.lexical is not None
+
+
+def test_headlines_are_searched_and_shown_with_their_review(fixture_search):
+    catalog = fixture_search.corpus.catalog
+    row = catalog.index[catalog["review_headline"] == "Mold inside after a month"][0]
+    assert "Mold inside after a month" in fixture_search.corpus.headlines["headline"].tolist()
+    result = fixture_search.search("Mold inside after a month", n_items=1)[0]
+    assert result["product_id"] == catalog.at[row, "product_id"]
+    assert result["review_id"] == catalog.at[row, "review_id"]
+    # The headline is in review_headline; the matched sentence is the review's best body sentence.
+    assert result["review_headline"] == "Mold inside after a month"
+    assert result["matched_sentence"] in fixture_search.corpus.sentences["sentence"].tolist()
+
+
+def test_star_headlines_are_not_searched(fixture_search):
+    assert not fixture_search.corpus.headlines["headline"].str.fullmatch(r"(?i)(one|two|three|four|five) stars?").any()
+
+
+def test_min_star_rating_only_counts_reviews_rated_that_high(fixture_search):
+    sentence = "The remote stopped pairing with the car after two days."
+    first = fixture_search.search(sentence, n_items=1)[0]
+    assert first["matched_sentence"] == sentence and first["star_rating"] == 1
+    for rating in (2, 4, 5):
+        results = fixture_search.search(sentence, n_items=20, min_star_rating=rating)
+        assert results and all(r["star_rating"] >= rating for r in results)
+        assert all(r["matched_sentence"] != sentence for r in results)
+    catalog = fixture_search.corpus.catalog
+    top_rated = catalog.loc[catalog["star_rating"] >= 5, "product_id"].nunique()
+    assert len(fixture_search.search("toy", n_items=100, min_star_rating=5)) == top_rated
+    assert fixture_search.search("toy", n_items=3, min_star_rating=1) == fixture_search.search("toy", n_items=3)
+
+
+def test_offset_pages_through_the_same_ranking(fixture_search):
+    query = "a present for a little kid"
+    full = fixture_search.search(query, n_items=12)
+    assert fixture_search.search(query, n_items=5, offset=0) == full[:5]
+    assert fixture_search.search(query, n_items=5, offset=5) == full[5:10]
+    assert fixture_search.search(query, n_items=5, offset=10) == fixture_search.search(query, 15)[10:15]
+    assert fixture_search.search(query, n_items=5, offset=1000) == []
+    rated = fixture_search.search(query, n_items=6, min_star_rating=4)
+    assert fixture_search.search(query, n_items=3, offset=3, min_star_rating=4) == rated[3:6]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("min_star_rating", 0), ("min_star_rating", 6), ("min_star_rating", 4.5), ("min_star_rating", "4"),
+    ("min_star_rating", True), ("offset", -1), ("offset", 1.5), ("offset", "2"), ("offset", None),
+])
+def test_bad_filter_values(fixture_search, name, value):
+    with pytest.raises(QueryError, match=name):
+        fixture_search.search("kite", **{name: value})
+
+
+def test_lexical_index_terms_and_scores(tmp_path):
+    from knn.errors import IndexFileError
+    from knn.lexical import LexicalIndex, kept_headline, tokens
+
+    assert tokens("My kids LOVED the Pok&eacute;mon cards<br />Play-Doh!") == ["kid", "love", "pokemon", "card", "play", "doh"]
+    assert kept_headline(" Five Stars ") == "" and kept_headline("Five stars for the owl") == "Five stars for the owl"
+    index = LexicalIndex.build(["a sloth plush", "kids love pokemon cards", "the owl is soft, so soft", ""])
+    assert index.scores("sloths").argmax() == 0 and index.scores("sloths")[1:].sum() == 0
+    assert index.scores("the a is").sum() == 0  # stop words only
+    assert index.scores("unknownword").sum() == 0
+    assert index.scores(["soft", "owl"])[2] > index.scores("soft")[2] > 0
+    # A full match of a 2-word query scores about full_match; unknown words raise the bar.
+    assert index.full_match("soft owl") < index.full_match("soft owl zebra")
+    assert index.full_match("the") == 0.0
+    paths = index.save(tmp_path / "lexical", "reviews")
+    assert {p.name for p in paths} == {"reviews.npz", "reviews_vocabulary.json"}
+    loaded = LexicalIndex.load(tmp_path / "lexical", "reviews", 4)
+    assert np.array_equal(loaded.scores("soft owl"), index.scores("soft owl"))
+    with pytest.raises(IndexFileError, match="does not match"):
+        LexicalIndex.load(tmp_path / "lexical", "reviews", 5)

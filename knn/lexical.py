@@ -1,0 +1,175 @@
+"""BM25: the lexical signal that search blends with the dense (embedding) score.
+
+Dense sentence embeddings blur rare, specific words (names, species, materials, brands: "sloth",
+"Paw Patrol", "Funko"); BM25 does not. Search keeps two BM25 indexes: one document per review (its
+headline, unless it is an automatic "Five Stars"-style one, and its body), and one document per
+passage (each body sentence and each kept headline). Tokens are runs of letters/digits, lower-cased,
+accents folded, English stop words dropped, Porter-stemmed (nltk, pure Python, no data download).
+
+An index is a sparse matrix of precomputed BM25 term weights (documents x terms, CSC so that the
+columns of a query's terms are cheap to add up) plus the vocabulary. It is saved as `.npz` (allow_pickle
+off) and JSON, and rebuilt from the catalog when a model dir has none (older model dirs).
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from knn.errors import IndexFileError
+from knn.sentences import clean_text
+
+K1 = 1.2
+B = 0.75
+_FORMAT = 1
+_TOKEN = re.compile(r"[^\W_]+")
+# Headlines Amazon fills in from the star rating: they say nothing the rating does not.
+STAR_HEADLINE = re.compile(r"^\s*(one|two|three|four|five)\s+stars?\s*$", re.IGNORECASE)
+STOPWORDS = frozenset("""
+a an the and or but nor of to in on at for with is it its this that these those was were be been are am
+i me my we our you your he she they them his her their as so if not no do does did have has had just
+very too also than then there here what which who whom will would can could should cannot from by about
+into out up down over all any some more most much many such only own same both each few other off again
+once s t d m ll re ve don didn doesn isn wasn aren weren hasn haven hadn won wouldn couldn shouldn mustn
+""".split())
+
+
+def kept_headline(headline: str) -> str:
+    """The headline as search uses it: empty for automatic star headlines ("Five Stars")."""
+    headline = (headline or "").strip()
+    return "" if STAR_HEADLINE.match(headline) else headline
+
+
+@lru_cache(maxsize=200_000)
+def _stem(word: str) -> str:
+    return _stemmer().stem(word)
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    from nltk.stem import PorterStemmer
+
+    return PorterStemmer()
+
+
+def tokens(text: str) -> list[str]:
+    """The index terms of a text, in order (stop words removed, stemmed)."""
+    text = " ".join(clean_text(text)).lower()
+    if not text.isascii():
+        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return [_stem(word) for word in _TOKEN.findall(text) if word not in STOPWORDS]
+
+
+class LexicalIndex:
+    """BM25 weights of every document for every term; `scores(query)` adds up the query's columns."""
+
+    def __init__(self, vocabulary: Sequence[str], weights):
+        from scipy.sparse import csc_array
+
+        self.vocabulary = list(vocabulary)
+        self._column = {term: column for column, term in enumerate(self.vocabulary)}
+        self.weights = csc_array(weights)
+        if self.weights.shape[1] != len(self.vocabulary):
+            raise ValueError(f"{self.weights.shape[1]} weight columns for {len(self.vocabulary)} terms")
+
+    @property
+    def n_documents(self) -> int:
+        return int(self.weights.shape[0])
+
+    @classmethod
+    def build(cls, documents: Iterable[str], k1: float = K1, b: float = B) -> "LexicalIndex":
+        from scipy.sparse import csc_array
+
+        vocabulary: dict[str, int] = {}
+        rows: list[int] = []
+        columns: list[int] = []
+        counts: list[int] = []
+        lengths: list[int] = []
+        for row, document in enumerate(documents):
+            terms = tokens(document)
+            lengths.append(len(terms))
+            frequency: dict[int, int] = {}
+            for term in terms:
+                column = vocabulary.setdefault(term, len(vocabulary))
+                frequency[column] = frequency.get(column, 0) + 1
+            rows.extend([row] * len(frequency))
+            columns.extend(frequency)
+            counts.extend(frequency.values())
+        n_documents = len(lengths)
+        rows_a = np.asarray(rows, dtype=np.int64)
+        columns_a = np.asarray(columns, dtype=np.int64)
+        tf = np.asarray(counts, dtype=np.float32)
+        length = np.asarray(lengths, dtype=np.float32)
+        average = float(length.mean()) if n_documents and length.mean() > 0 else 1.0
+        df = np.bincount(columns_a, minlength=len(vocabulary)).astype(np.float32)
+        idf = np.log1p((n_documents - df + 0.5) / (df + 0.5)).astype(np.float32)
+        weight = idf[columns_a] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length[rows_a] / average))
+        matrix = csc_array((weight.astype(np.float32), (rows_a, columns_a)), shape=(n_documents, len(vocabulary)))
+        matrix.sum_duplicates()
+        return cls(list(vocabulary), matrix)
+
+    def _terms(self, query: str | Sequence[str]) -> set[str]:
+        return set(tokens(query if isinstance(query, str) else " ".join(query)))
+
+    def scores(self, query: str | Sequence[str]) -> np.ndarray:
+        """BM25 of every document for the query's terms (each distinct term once), float32."""
+        columns = sorted(self._column[t] for t in self._terms(query) if t in self._column)
+        if not columns:
+            return np.zeros(self.n_documents, dtype=np.float32)
+        return np.asarray(self.weights[:, columns].sum(axis=1), dtype=np.float32).ravel()
+
+    def full_match(self, query: str | Sequence[str]) -> float:
+        """BM25 of an average-length document holding every query term once: the sum of their idf.
+        Terms no review contains count too (with the idf of a term in no document): a review matching
+        1 word of a 7-word query is a weak match even when the other 6 words occur nowhere."""
+        terms = self._terms(query)
+        columns = [self._column[t] for t in terms if t in self._column]
+        df = np.concatenate([np.diff(self.weights.indptr)[columns], np.zeros(len(terms) - len(columns))])
+        return float(np.log1p((self.n_documents - df + 0.5) / (df + 0.5)).sum())
+
+    @staticmethod
+    def files(name: str) -> tuple[str, str]:
+        return f"{name}.npz", f"{name}_vocabulary.json"
+
+    def save(self, directory: Path, name: str) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        matrix = self.weights
+        arrays_path, vocabulary_path = (directory / f for f in self.files(name))
+        with open(arrays_path, "wb") as handle:
+            np.savez(handle, data=matrix.data.astype(np.float32), indices=matrix.indices.astype(np.int32),
+                     indptr=matrix.indptr.astype(np.int64), shape=np.asarray(matrix.shape, dtype=np.int64))
+        vocabulary_path.write_text(json.dumps({"format": _FORMAT, "k1": K1, "b": B, "vocabulary": self.vocabulary},
+                                              ensure_ascii=False))
+        return [arrays_path, vocabulary_path]
+
+    @classmethod
+    def load(cls, directory: Path, name: str, n_documents: int) -> "LexicalIndex":
+        from scipy.sparse import csc_array
+
+        arrays_file, vocabulary_file = cls.files(name)
+        try:
+            meta = json.loads((directory / vocabulary_file).read_text())
+            with np.load(directory / arrays_file, allow_pickle=False) as npz:
+                shape = tuple(int(x) for x in npz["shape"])
+                matrix = csc_array((npz["data"], npz["indices"], npz["indptr"]), shape=shape)
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexFileError(f"cannot read the lexical index {name} in {directory}: {exc}; rebuild the model") from None
+        if meta.get("format") != _FORMAT or shape[0] != n_documents or shape[1] != len(meta.get("vocabulary", ())):
+            raise IndexFileError(f"the lexical index {name} in {directory} does not match the model's data; rebuild the model")
+        return cls(meta["vocabulary"], matrix)
+
+
+def review_documents(catalog) -> list[str]:
+    """One lexical document per review: kept headline and body."""
+    return [f"{kept_headline(h)}\n{b}" for h, b in zip(catalog["review_headline"].tolist(), catalog["review_body"].tolist())]
+
+
+def passage_documents(sentences, headlines) -> list[str]:
+    """One lexical document per passage: the body sentences, then the kept headlines (may be None)."""
+    texts = sentences["sentence"].tolist()
+    return texts + (headlines["headline"].tolist() if headlines is not None else [])
