@@ -41,3 +41,14 @@ def require_toys_10k():
     if not TOYS_10K.is_file():
         pytest.skip(f"{TOYS_10K} is not here (it lives in ../shared beside the checkout)")
     return TOYS_10K
+
+
+@pytest.fixture(scope="session")
+def toys_model_dir(tmp_path_factory):
+    """One graph model of all of toys-10k, built once per test session (about 2 minutes)."""
+    from knn.build import build_model_dir
+
+    directory = tmp_path_factory.mktemp("toys-model")
+    figures = build_model_dir(require_toys_10k(), directory, index_kind="graph", threads=2)
+    assert figures["index_kind"] == "graph" and figures["sentences"] > 20_000 and figures["headlines"] > 1000
+    return directory

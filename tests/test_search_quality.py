@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, require_toys_10k
+from conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +22,10 @@ KIDS_LIKED = re.compile(
 
 
 @pytest.fixture(scope="module")
-def toys(tmp_path_factory):
-    from knn.build import build_model_dir
+def toys(toys_model_dir):
     from knn.model_dir import load_model_dir
 
-    directory = tmp_path_factory.mktemp("toys-quality")
-    figures = build_model_dir(require_toys_10k(), directory, index_kind="graph", threads=2)
-    assert figures["index_kind"] == "graph" and figures["headlines"] > 1000
+    directory = toys_model_dir
     return directory, load_model_dir(directory)
 
 

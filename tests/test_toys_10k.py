@@ -2,21 +2,16 @@
 import numpy as np
 import pytest
 
-from conftest import require_toys_10k
+
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def toys_search(tmp_path_factory):
-    from knn.build import build_model_dir
+def toys_search(toys_model_dir):
     from knn.model_dir import load_model_dir
 
-    path = require_toys_10k()
-    directory = tmp_path_factory.mktemp("toys-model")
-    figures = build_model_dir(path, directory, index_kind="graph", threads=2)
-    assert figures["index_kind"] == "graph" and figures["sentences"] > 20_000
-    return load_model_dir(directory)
+    return load_model_dir(toys_model_dir)
 
 
 def test_query_equal_to_a_review_sentence_brings_its_product_first(toys_search):
