@@ -187,7 +187,7 @@ def stop_pid(pid: int, create_time: float | None = None, timeout: float = 10.0) 
     except psutil.Error:
         return False
     _signal_group_or_pid(pid, signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = _wait_gone(procs, timeout)
     if alive:
         _signal_group_or_pid(pid, signal.SIGKILL)
         for p in alive:
@@ -195,8 +195,36 @@ def stop_pid(pid: int, create_time: float | None = None, timeout: float = 10.0) 
                 p.kill()
             except psutil.Error:
                 pass
-        psutil.wait_procs(alive, timeout=5)
+        _wait_gone(alive, 5)
     return True
+
+
+def _wait_gone(procs: list, timeout: float) -> list:
+    """Wait until every process has exited; a zombie counts as exited (and is reaped if it is ours).
+
+    psutil.wait_procs would wait the whole timeout on a zombie whose parent has not reaped it yet,
+    e.g. a daemon this very process started.
+    """
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        still = []
+        for p in alive:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    still.append(p)
+                    continue
+                try:
+                    os.waitpid(p.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            except psutil.NoSuchProcess:
+                pass
+        alive = still
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return alive
 
 
 def _signal_group_or_pid(pid: int, sig: int) -> None:
