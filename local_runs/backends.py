@@ -8,14 +8,17 @@
 
 - sim: S3 is a moto server on 127.0.0.1 (in this process for `cycle`, a shared daemon for the
   step-by-step commands), the session is `SimSession`: training and serving run as host processes.
-- docker: the SDK's own `LocalSession`, containers in Docker, S3 from docker-compose.yml.
-- sagemaker: `sagemaker.Session()` against the real service.
+- docker: the SDK's own `LocalSession`, containers in Docker, S3 from docker-compose.yml
+  (`docker_mode.py`).
+- sagemaker: `sagemaker.Session()` against the real service; with `dry_run` the requests are
+  printed, not sent (`dry_run.py`).
 
 This module keeps the SDK behind the project's interface (SDK v2 reaches end of support 2027-07-06).
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -90,29 +93,76 @@ def _open_sim(settings: Settings, persistent: bool) -> Backend:
 
 
 def _open_docker(settings: Settings, persistent: bool) -> Backend:
-    import boto3
-    from sagemaker.local import LocalSession
+    """The SDK's own LocalSession; S3 from docker-compose.yml; see local_runs/docker_mode.py."""
+    from local_runs import docker_mode
 
-    from local_runs import s3_server
+    session, extra = docker_mode.open_session(settings, state_dir(settings), LOCAL_BUCKET)
+    return Backend(settings, session, DUMMY_ROLE, LOCAL_BUCKET, extra=extra)
 
-    boto_session = boto3.Session(region_name=settings.region, **{
-        k.lower(): v for k, v in s3_server.dummy_credentials().items() if k != "AWS_SESSION_TOKEN"})
-    session = LocalSession(boto_session=boto_session, s3_endpoint_url=settings.docker_s3_url,
-                           default_bucket=LOCAL_BUCKET)
-    session.config = {"local": {"local_code": True}}
-    return Backend(settings, session, DUMMY_ROLE, LOCAL_BUCKET, extra={"s3_url": settings.docker_s3_url})
+
+# --- sagemaker -------------------------------------------------------------------------------------
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+CLOUD_INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+# A dry run may go without a role or bucket: these stand in, plainly named, in what it prints.
+PLACEHOLDER_ROLE = "arn:aws:iam::123456789012:role/SET-LOCAL_RUNS_ROLE"
+PLACEHOLDER_BUCKET = "set-local-runs-bucket"
+
+
+def sagemaker_role_and_bucket(settings: Settings) -> tuple[str, str]:
+    """The role ARN and bucket for the sagemaker backend, checked; placeholders only in a dry run."""
+    role, bucket = settings.role, settings.bucket
+    if not role and not settings.dry_run:
+        raise ConfigError("the sagemaker backend needs an IAM role: set LOCAL_RUNS_ROLE or 'role' in local_runs.toml "
+                          "(the ARN of a role SageMaker can assume, e.g. arn:aws:iam::123456789012:role/SageMakerExecution)")
+    if not bucket and not settings.dry_run:
+        raise ConfigError("the sagemaker backend needs an S3 bucket: set LOCAL_RUNS_BUCKET or 'bucket' in local_runs.toml "
+                          "(a bucket name in the same region, not an s3:// URI)")
+    if role and not ROLE_ARN.match(role):
+        raise ConfigError(f"role {role!r} (from {settings.sources.get('role', '?')}) is not an IAM role ARN; "
+                          "expected arn:aws:iam::<12-digit account>:role/<name>")
+    if bucket and not BUCKET_NAME.match(bucket):
+        hint = " (give the name only, without s3:// or a path)" if "/" in bucket or ":" in bucket else ""
+        raise ConfigError(f"bucket {bucket!r} (from {settings.sources.get('bucket', '?')}) is not an S3 bucket name{hint}")
+    instance_type = settings.resolved_instance_type
+    if not CLOUD_INSTANCE_TYPE.match(instance_type):
+        raise ConfigError(f"instance type {instance_type!r} (from {settings.sources.get('instance_type', '?')}) "
+                          "is not a SageMaker instance type such as ml.m4.xlarge; 'local' is for sim and docker")
+    return role or PLACEHOLDER_ROLE, bucket or PLACEHOLDER_BUCKET
 
 
 def _open_sagemaker(settings: Settings, persistent: bool) -> Backend:
-    if not settings.role:
-        raise ConfigError("the sagemaker backend needs an IAM role: set LOCAL_RUNS_ROLE or 'role' in local_runs.toml")
-    if not settings.bucket:
-        raise ConfigError("the sagemaker backend needs an S3 bucket: set LOCAL_RUNS_BUCKET or 'bucket' in local_runs.toml")
+    role, bucket = sagemaker_role_and_bucket(settings)
+    if settings.dry_run:
+        from local_runs import dry_run
+
+        return dry_run.open_backend(settings, role, bucket)
     import boto3
     import sagemaker
 
-    session = sagemaker.Session(boto_session=boto3.Session(region_name=settings.region), default_bucket=settings.bucket)
-    return Backend(settings, session, settings.role, settings.bucket)
+    boto_session = boto3.Session(region_name=settings.region)
+    if boto_session.get_credentials() is None:
+        raise ConfigError("the sagemaker backend found no AWS credentials: configure a profile (aws configure, "
+                          "AWS_PROFILE, aws sso login) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; "
+                          "--dry-run shows the requests without any")
+    session = sagemaker.Session(boto_session=boto_session, default_bucket=bucket)
+    return Backend(settings, session, role, bucket)
+
+
+def delete_endpoint_and_resources(session, endpoint_name: str) -> list[str]:
+    """Delete an endpoint and the endpoint config and model(s) its deploy created (sagemaker).
+
+    Returns what was deleted, as "kind name". The endpoint goes first: it is what is billed.
+    """
+    client = session.sagemaker_client
+    config_name = client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    variants = client.describe_endpoint_config(EndpointConfigName=config_name).get("ProductionVariants", [])
+    models = list(dict.fromkeys(v["ModelName"] for v in variants if v.get("ModelName")))
+    session.delete_endpoint(endpoint_name)
+    session.delete_endpoint_config(config_name)
+    for model in models:
+        session.delete_model(model)
+    return [f"endpoint {endpoint_name}", f"endpoint config {config_name}", *(f"model {m}" for m in models)]
 
 
 _OPENERS = {"sim": _open_sim, "docker": _open_docker, "sagemaker": _open_sagemaker}
@@ -120,4 +170,7 @@ _OPENERS = {"sim": _open_sim, "docker": _open_docker, "sagemaker": _open_sagemak
 
 def open_backend(settings: Settings, persistent: bool = False) -> Backend:
     """Open the backend named by `settings.backend`; `persistent` keeps sim services for later commands."""
+    if settings.dry_run and settings.backend != "sagemaker":
+        raise ConfigError(f"dry_run (from {settings.sources.get('dry_run', '?')}) applies to the sagemaker backend only; "
+                          f"{settings.backend} sends nothing to AWS anyway")
     return _OPENERS[settings.backend](settings, persistent)

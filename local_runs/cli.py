@@ -7,8 +7,10 @@
     local-runs delete [--endpoint N | --all]            stop an endpoint and free its port
     local-runs endpoints                                list endpoints and their health
     local-runs shutdown                                 sim: delete every endpoint, stop S3 and gateway
+    local-runs ui [--endpoint N] [--port P]             a search page for an endpoint on 127.0.0.1
 
-`--backend sim|docker|sagemaker` (or LOCAL_RUNS_BACKEND, or local_runs.toml) picks where it runs.
+`--backend sim|docker|sagemaker` (or LOCAL_RUNS_BACKEND, or local_runs.toml) picks where it runs;
+with sagemaker, `--dry-run` prints the requests a command would send and sends none.
 Errors are one line on stderr and a non-zero exit; `--debug` shows the traceback.
 """
 from __future__ import annotations
@@ -74,8 +76,11 @@ def _state_file(settings, name: str) -> Path:
 
 
 def _remember_model(settings, backend_name: str, model_data: str, job_name: str) -> None:
-    path = _state_file(settings, LAST_MODEL_FILE)
-    path.write_text(json.dumps({"backend": backend_name, "model_data": model_data, "job_name": job_name}, indent=1))
+    from local_runs.daemon import write_json_atomic
+
+    # atomic (temp + rename): an interrupted fit never leaves a half-written pointer behind
+    write_json_atomic(_state_file(settings, LAST_MODEL_FILE),
+                      {"backend": backend_name, "model_data": model_data, "job_name": job_name})
 
 
 def _last_model(settings) -> dict:
@@ -119,6 +124,12 @@ def cmd_cycle(settings, args) -> int:
             with _phase("predict", timings):
                 for query in queries:
                     print(format_results(query, job.predict(predictor, query, n_items=args.n_items)))
+            if args.ui:  # the page stays up until Ctrl-C; the endpoint is deleted after it
+                from local_runs import ui
+
+                with _phase("search page", timings):
+                    ui.serve_until_interrupted(backend, predictor.endpoint_name, port=args.ui_port,
+                                               open_browser=args.open, after="stop the page and delete the endpoint")
         finally:
             with _phase("delete", timings):
                 predictor.delete_model()  # first: it looks the model up through the endpoint config
@@ -136,6 +147,9 @@ def cmd_fit(settings, args) -> int:
     with open_backend(settings, persistent=True) as backend:
         train_uri = backend.upload(reviews)
         estimator = job.fit(backend, train_uri, _hyperparameters(args))
+        if settings.dry_run:  # nothing was trained: remember nothing
+            print(f"model (dry run, not trained): {estimator.model_data}")
+            return 0
         _remember_model(settings, backend.name, estimator.model_data, estimator.latest_training_job.name)
         print(f"model: {estimator.model_data}\nnext: local-runs deploy")
     return 0
@@ -147,10 +161,33 @@ def cmd_deploy(settings, args) -> int:
 
     model_data = args.model_data or _last_model(settings)["model_data"]
     with open_backend(settings, persistent=True) as backend:
+        _require_sim_model(backend, model_data)
         predictor = job.deploy(job.make_model(backend, model_data), backend, endpoint_name=args.name)
         print(f"endpoint {predictor.endpoint_name} is in service\n"
               f"next: local-runs predict \"my kids loved it\" --endpoint {predictor.endpoint_name}")
+        if args.ui:  # Ctrl-C stops the page; the endpoint keeps running
+            from local_runs import ui
+
+            ui.serve_until_interrupted(backend, predictor.endpoint_name, port=args.ui_port, open_browser=args.open,
+                                       after=f"stop the page (endpoint {predictor.endpoint_name} keeps running)")
     return 0
+
+
+def _require_sim_model(backend, model_data: str) -> None:
+    """sim: say plainly when the model is not in the local S3 (it forgets everything when it stops)."""
+    if backend.name != "sim" or not model_data.startswith("s3://"):
+        return
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = model_data[len("s3://"):].partition("/")
+    try:
+        backend.session.s3_client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise
+        raise UsageError(f"the model {model_data} is not in the local S3 at {backend.extra.get('s3_url')}: the sim "
+                         "S3 keeps objects in memory and has been restarted since that fit; run `local-runs fit` "
+                         "again") from None
 
 
 def cmd_predict(settings, args) -> int:
@@ -171,6 +208,14 @@ def cmd_delete(settings, args) -> int:
 
     with open_backend(settings, persistent=True) as backend:
         names = [args.endpoint] if not args.all else [e["name"] for e in _list_endpoints(backend)]
+        if backend.name == "sagemaker":
+            from local_runs.backends import delete_endpoint_and_resources
+
+            # --all on the real service: only this project's endpoints, not every one in the account
+            names = [n for n in names if not args.all or n.startswith(DEFAULT_ENDPOINT)]
+            for name in names:
+                print(f"deleted {', '.join(delete_endpoint_and_resources(backend.session, name))}")
+            return 0
         for name in names:
             backend.session.delete_endpoint(name)
             print(f"endpoint {name} deleted")
@@ -197,6 +242,17 @@ def cmd_endpoints(settings, args) -> int:
     for e in endpoints:
         where = f"  {e.get('url', '')}" if e.get("url") else ""
         print(f"{e['name']:<32} {e.get('status', '?'):<12}{where}")
+        if e.get("status") == "Failed" and e.get("failure_reason"):
+            print(f"  {' '.join(str(e['failure_reason']).splitlines()[:1])[:300]}")
+    return 0
+
+
+def cmd_ui(settings, args) -> int:
+    from local_runs import ui
+    from local_runs.backends import open_backend
+
+    with open_backend(settings, persistent=True) as backend:
+        ui.serve_until_interrupted(backend, args.endpoint, port=args.port, open_browser=args.open)
     return 0
 
 
@@ -224,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, help="where to run (default: sim; or LOCAL_RUNS_BACKEND)")
     parser.add_argument("--config", help="settings file (default: ./local_runs.toml if present)")
     parser.add_argument("--state-dir", help="where sim keeps endpoint state (default .local_runs)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="sagemaker: print the requests that would be sent, send nothing (or LOCAL_RUNS_DRY_RUN=1)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -231,10 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reviews", help="reviews CSV/TSV (optionally .gz); default: fixtures/reviews.csv")
         p.add_argument("--index-kind", choices=["auto", "graph", "exact"], help="kNN index (default auto)")
 
+    def ui_options(p, help_text):
+        p.add_argument("--ui", action="store_true", help=help_text)
+        p.add_argument("--ui-port", type=int, default=0, help="port of the search page on 127.0.0.1 (default: a free one)")
+        p.add_argument("--open", action="store_true", help="open the search page in a web browser")
+
     p = commands.add_parser("cycle", help="fit, deploy, query and delete in one go (the main job)")
     reviews_options(p)
     p.add_argument("--query", action="append", help="a query to run (repeatable); default: examples")
     p.add_argument("--n-items", type=int, default=3)
+    ui_options(p, "before deleting the endpoint, serve a search page for it until Ctrl-C")
     p.set_defaults(run=cmd_cycle)
 
     p = commands.add_parser("fit", help="train a model from a reviews file")
@@ -244,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("deploy", help="deploy the last trained model (or --model-data)")
     p.add_argument("--model-data", help="s3:// URI of a model.tar.gz (default: the last fit)")
     p.add_argument("--name", default=DEFAULT_ENDPOINT, help=f"endpoint name (default {DEFAULT_ENDPOINT})")
+    ui_options(p, "then serve a search page for the endpoint until Ctrl-C (the endpoint keeps running)")
     p.set_defaults(run=cmd_deploy)
 
     p = commands.add_parser("predict", help="query an endpoint")
@@ -258,11 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("delete", help="delete an endpoint")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
-    group.add_argument("--all", action="store_true", help="every endpoint of this backend")
+    group.add_argument("--all", action="store_true",
+                       help=f"every endpoint of this backend (sagemaker: those named {DEFAULT_ENDPOINT}*)")
     p.set_defaults(run=cmd_delete)
 
     p = commands.add_parser("endpoints", help="list endpoints")
     p.set_defaults(run=cmd_endpoints)
+
+    p = commands.add_parser("ui", help="serve a search page for an endpoint on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+    p.set_defaults(run=cmd_ui)
 
     p = commands.add_parser("shutdown", help="sim: stop every endpoint and the local S3 and gateway")
     p.set_defaults(run=cmd_shutdown)
@@ -294,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
     try:
         settings = load_settings(
-            cli={"backend": args.backend, "state_dir": args.state_dir}, config_path=args.config)
+            cli={"backend": args.backend, "state_dir": args.state_dir, "dry_run": args.dry_run or None},
+            config_path=args.config)
         return args.run(settings, args)
     except KeyboardInterrupt:
         print("interrupted: stopping what was started", file=sys.stderr)
