@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import boto3
 import pandas as pd
@@ -28,8 +29,21 @@ pytestmark = pytest.mark.integration
 QUERIES = json.loads((FIXTURES / "queries.json").read_text())
 
 
-def children(pid=None):
-    return {p.pid for p in psutil.Process(pid or os.getpid()).children(recursive=True)}
+def children(pid=None, settle=5.0):
+    """Live descendants of this process (zombies waiting to be reaped do not count), after up to
+    `settle` seconds for stopped ones to go."""
+    deadline = time.monotonic() + settle
+    while True:
+        live = set()
+        for p in psutil.Process(pid or os.getpid()).children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    live.add(p.pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.1)
 
 
 def listening_ports(pids):
@@ -57,7 +71,7 @@ def deployed(backend):
     yield estimator, predictor
     predictor.delete_model()
     predictor.delete_endpoint()
-    assert children() - before == set() or all(not psutil.pid_exists(p) for p in children() - before)
+    assert children() - before == set()
 
 
 def s3_keys(backend):
