@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from http import HTTPStatus
 
 # SageMaker's repack puts `dependencies` (knn) under code/lib, which the inference toolkit does not
@@ -98,6 +99,10 @@ def _json_error_bodies() -> None:
     def handle_error(context, inference_exception, trace):
         code = int(inference_exception.status_code)
         message = inference_exception.message if isinstance(inference_exception.message, str) else str(inference_exception.message)
+        bad_utf8 = _toolkit_decode_error(sys.exc_info()[1])
+        if bad_utf8 is not None:  # the toolkit decodes JSON/CSV bodies before input_fn sees them
+            code, message = int(HTTPStatus.BAD_REQUEST), _not_utf8_message(bad_utf8)
+            inference_exception = _toolkit_error(HTTPStatus.BAD_REQUEST, message)
         (log.warning if code < 500 else log.error)("request failed with %d: %s%s", code, message,
                                                    "" if code < 500 else "\n" + trace)
         context.set_response_status(code=code, phrase=utils.remove_crlf(str(inference_exception.phrase)))
@@ -109,6 +114,18 @@ def _json_error_bodies() -> None:
 
     handle_error._json_bodies = True
     transformer.Transformer.handle_error = staticmethod(handle_error)
+
+
+def _toolkit_decode_error(exc: BaseException | None) -> UnicodeDecodeError | None:
+    """The error of the toolkit's own `body.decode("utf-8")` (in Transformer.transform), else None."""
+    if not isinstance(exc, UnicodeDecodeError) or exc.__traceback__ is None:
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    return exc if frames and frames[-1].name == "transform" else None
+
+
+def _not_utf8_message(exc: UnicodeDecodeError) -> str:
+    return f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 encoded JSON"
 
 
 _json_error_bodies()
@@ -129,6 +146,8 @@ def _media_type(header: str | None) -> str:
 def input_fn(request_body, request_content_type):
     """Decode and validate a request; returns a knn-ready request object."""
     from knn.query_request import parse_request
+    if not request_content_type:
+        raise _toolkit_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the request has no Content-Type; send {JSON}")
     if _media_type(request_content_type) != JSON:
         raise _toolkit_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                              f"Content-Type {request_content_type!r} is not supported; send {JSON}")
@@ -139,17 +158,38 @@ def input_fn(request_body, request_content_type):
         try:
             request_body = bytes(request_body).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _toolkit_error(HTTPStatus.BAD_REQUEST, f"the body is not valid UTF-8 (byte {exc.start})") from None
+            raise _toolkit_error(HTTPStatus.BAD_REQUEST, _not_utf8_message(exc)) from None
     if len(request_body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
         raise _toolkit_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
         payload = json.loads(request_body)
     except (ValueError, RecursionError) as exc:
         raise _toolkit_error(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+    if _has_lone_surrogate(payload):
+        raise _toolkit_error(HTTPStatus.BAD_REQUEST, "the body has a \\u escape of a lone UTF-16 surrogate "
+                             "(\\ud800-\\udfff), which is not text; send valid Unicode")
     try:
         return parse_request(payload)
     except QueryError as exc:
         raise _toolkit_error(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+
+def _has_lone_surrogate(value) -> bool:
+    """True when a string anywhere in a decoded JSON value cannot be encoded (a lone surrogate)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def predict_fn(request, model):

@@ -57,7 +57,8 @@ class SearchRequest(BaseModel):
 
 
 def _describe(error: dict) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ())) or "body"
+    loc = error.get("loc") or ("",)
+    location = ".".join(str(part) for part in loc) or "body"
     message = error.get("msg", "is invalid")
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
@@ -65,7 +66,7 @@ def _describe(error: dict) -> str:
         return f"unknown field {location!r}; allowed fields are {', '.join(repr(f) for f in FIELDS)}"
     if error.get("type") == "missing":
         return f"{location} is required"
-    field = str(error.get("loc", ("",))[0])
+    field = str(loc[0])
     if field in _BOUNDS:
         low, high = _BOUNDS[field]
         nullable = " (or null)" if field == "min_star_rating" else ""

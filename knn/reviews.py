@@ -61,7 +61,9 @@ def _parse(text: str, path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ReviewDataError(f"{path}: the file is empty; give a reviews file with a header and rows") from None
     except pd.errors.ParserError as exc:
-        raise ReviewDataError(f"{path}: cannot parse as {'TSV' if is_tsv else 'CSV'}: {exc}".replace("\n", " ")) from None
+        hint = ("every line needs the header's number of tab-separated fields (a tab inside a text field splits it)"
+                if is_tsv else "put a field that holds a comma, a quote or a line break in double quotes")
+        raise ReviewDataError(f"{path}: cannot parse as {'TSV' if is_tsv else 'CSV'}: {str(exc).strip()}; {hint}".replace("\n", " ")) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 

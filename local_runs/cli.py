@@ -43,6 +43,31 @@ class UsageError(Exception):
     """The command was asked something it cannot do; the message says what to do instead."""
 
 
+_interrupted = False
+
+
+def _on_sigint(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _fit(backend, train_uri: str, hyperparameters: dict):
+    """job.fit, but Ctrl-C stays Ctrl-C.
+
+    The SDK v2 wraps Estimator.fit in a telemetry decorator whose `finally: return` swallows a
+    KeyboardInterrupt: fit would return as if it had finished. Re-raise it here.
+    """
+    from local_runs import job
+
+    global _interrupted
+    _interrupted = False
+    estimator = job.fit(backend, train_uri, hyperparameters)
+    if _interrupted:
+        raise KeyboardInterrupt
+    return estimator
+
+
 def _phase(name: str, timings: dict):
     @contextmanager
     def timer():
@@ -116,7 +141,7 @@ def cmd_cycle(settings, args) -> int:
             train_uri = backend.upload(reviews)
             print(f"training data: {train_uri}")
         with _phase("fit", timings):
-            estimator = job.fit(backend, train_uri, _hyperparameters(args))
+            estimator = _fit(backend, train_uri, _hyperparameters(args))
             print(f"model: {estimator.model_data}")
         with _phase("deploy", timings):
             predictor = job.deploy(estimator, backend)
@@ -146,7 +171,7 @@ def cmd_fit(settings, args) -> int:
     reviews = _reviews_path(args)
     with open_backend(settings, persistent=True) as backend:
         train_uri = backend.upload(reviews)
-        estimator = job.fit(backend, train_uri, _hyperparameters(args))
+        estimator = _fit(backend, train_uri, _hyperparameters(args))
         if settings.dry_run:  # nothing was trained: remember nothing
             print(f"model (dry run, not trained): {estimator.model_data}")
             return 0
@@ -364,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         # The SDK logs where it looked for defaults files, on stdout, unless a level is already set.
         logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+    import signal
+    import threading
+
+    own_handler = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if own_handler:
+        signal.signal(signal.SIGINT, _on_sigint)  # as Python's own handler, but remembered (see _fit)
     try:
         settings = load_settings(
             cli={"backend": args.backend, "state_dir": args.state_dir, "dry_run": args.dry_run or None},
@@ -378,3 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(_one_line(exc).split())
         print(f"local-runs {args.command}: error: {message[:2000]}", file=sys.stderr)
         return 1
+    finally:
+        if own_handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)

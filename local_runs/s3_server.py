@@ -35,6 +35,8 @@ DEFAULT_REGION = "us-east-1"
 DUMMY_ACCESS_KEY_ID = "localrunsdummykey"
 DUMMY_SECRET_ACCESS_KEY = "localrunsdummysecret"  # not a secret: moto accepts anything
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+TIMEOUT_ENV = "LOCAL_RUNS_S3_TIMEOUT"  # seconds a local S3 call may wait for an answer (default 30)
+DEFAULT_TIMEOUT = 30.0
 
 
 def dummy_credentials() -> dict[str, str]:
@@ -46,26 +48,48 @@ def boto_session(region: str = DEFAULT_REGION, s3_url: str | None = None):
     """A boto3 session with the dummy credentials (never the user's real ones).
 
     With ``s3_url``, every S3 client or resource made from it defaults to that endpoint
-    (the SDK creates some, e.g. when repacking a model, without an endpoint_url).
+    (the SDK creates some, e.g. when repacking a model, without an endpoint_url), with
+    ``client_config()`` timeouts.
     """
     import boto3
 
+    def _local(service_name, args, kwargs):
+        if service_name == "s3" and s3_url and not args[4:5] and kwargs.get("endpoint_url") is None:
+            kwargs["endpoint_url"] = s3_url
+        if service_name == "s3" and not args[8:9]:  # a dead or hung local S3 must fail, not hang
+            kwargs["config"] = client_config().merge(kwargs["config"]) if kwargs.get("config") else client_config()
+        return kwargs
+
     class _Session(boto3.Session):
         def client(self, service_name, *args, **kwargs):
-            if service_name == "s3" and s3_url and not args[4:5] and kwargs.get("endpoint_url") is None:
-                kwargs["endpoint_url"] = s3_url
-            return super().client(service_name, *args, **kwargs)
+            return super().client(service_name, *args, **_local(service_name, args, kwargs))
 
         def resource(self, service_name, *args, **kwargs):
-            if service_name == "s3" and s3_url and not args[4:5] and kwargs.get("endpoint_url") is None:
-                kwargs["endpoint_url"] = s3_url
-            return super().resource(service_name, *args, **kwargs)
+            return super().resource(service_name, *args, **_local(service_name, args, kwargs))
 
     return _Session(
         aws_access_key_id=DUMMY_ACCESS_KEY_ID,
         aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
         region_name=region,
     )
+
+
+def client_config():
+    """botocore settings for local S3 clients: short timeouts and two tries.
+
+    The S3 is on this machine: it answers in milliseconds or it is gone/hung. Without these a hung
+    server stalls each call for 3 x 60 s (botocore's defaults). ``LOCAL_RUNS_S3_TIMEOUT`` sets the
+    read timeout (seconds, default 30); connecting gets at most 5 s.
+    """
+    from botocore.config import Config
+
+    try:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+    except ValueError:
+        timeout = DEFAULT_TIMEOUT
+    timeout = max(timeout, 0.1)
+    return Config(connect_timeout=min(5.0, timeout), read_timeout=timeout,
+                  retries={"max_attempts": 2, "mode": "standard"})
 
 
 def create_bucket(url: str, bucket: str, region: str = DEFAULT_REGION) -> None:
@@ -107,6 +131,11 @@ class LocalS3:
 
     def start(self) -> "LocalS3":
         from moto.server import ThreadedMotoServer
+
+        from local_runs.sim.netguard import require_local_environment
+
+        if self._set_environ:  # about to take over AWS_ENDPOINT_URL_S3: refuse a remote one, never ignore it
+            require_local_environment()
 
         if self._quiet:
             werkzeug_logger = logging.getLogger("werkzeug")
@@ -173,6 +202,9 @@ def ensure_daemon(
 
     An existing daemon is reused as is (its bucket is created if missing).
     """
+    from local_runs.sim.netguard import require_local_environment
+
+    require_local_environment()  # the sim backend's first step: refuse remote AWS endpoints up front
     port_file = Path(port_file)
     argv = [
         daemon.python(), "-m", "local_runs.s3_server", "--port-file", str(port_file),

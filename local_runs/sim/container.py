@@ -30,6 +30,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import string
 import subprocess
 import sys
@@ -220,9 +221,13 @@ class SimContainer(_SageMakerContainer):
         workdir = os.path.join(root, "cwd")  # an empty cwd: the toolkit copies it into PYTHONPATH
         os.mkdir(workdir)
         proc, pump = procs.spawn(argv, env, cwd=workdir, echo=True)
-        timer = None
+        timer, timed_out = None, threading.Event()
         if max_runtime:
-            timer = threading.Timer(float(max_runtime), procs.stop, args=(proc.pid,))
+            def _expire():
+                timed_out.set()
+                procs.stop(proc.pid)
+
+            timer = threading.Timer(float(max_runtime), _expire)
             timer.daemon = True
             timer.start()
         try:
@@ -236,7 +241,9 @@ class SimContainer(_SageMakerContainer):
             procs.kill_group(proc.pid)  # anything the script left behind in the job's group
             pump.join(timeout=10)
         if exit_code != 0:
-            raise TrainingJobFailed(self._failure_reason(base, exit_code, pump, max_runtime), exit_code)
+            # MaxRuntimeExceeded only when our timer stopped it; a kill from elsewhere says so
+            raise TrainingJobFailed(self._failure_reason(base, exit_code, pump, max_runtime if timed_out.is_set() else None),
+                                    exit_code)
         artifacts = self.retrieve_artifacts(compose_data, output_data_config, job_name)
         logger.info("===== Job Complete =====")
         return artifacts
@@ -258,10 +265,18 @@ class SimContainer(_SageMakerContainer):
             text = failure.read_text(encoding="utf-8", errors="replace")
             if text.strip():
                 return text[:FAILURE_REASON_LIMIT]
-        if exit_code in (-15, -9, 143, 137) and max_runtime:
+        if max_runtime:
             return f"MaxRuntimeExceeded: training stopped after {max_runtime:g} s"
+        how = f"exited with code {exit_code}"
+        if exit_code is not None and exit_code < 0:
+            try:
+                name = signal.Signals(-exit_code).name
+            except ValueError:
+                name = f"signal {-exit_code}"
+            how = (f"was killed by {name} (exit code {exit_code}) from outside the job, e.g. by the "
+                   "out-of-memory killer or a user; nothing was uploaded, run it again")
         tail = "".join(list(pump.tail)[-20:]) if pump else ""
-        return f"AlgorithmError: training exited with code {exit_code}\n{tail}"[:FAILURE_REASON_LIMIT]
+        return f"AlgorithmError: training {how}\n{tail}"[:FAILURE_REASON_LIMIT]
 
     # --- serving ------------------------------------------------------------------------
 
@@ -276,6 +291,7 @@ class SimContainer(_SageMakerContainer):
         work_root = os.path.abspath(
             sagemaker.utils.get_config_value("local.container_root", self.sagemaker_session.config)
             or tempfile.gettempdir())
+        endpoints.forget_stale(self.state_dir, endpoint_name)  # a killed one's files go with its record
         registry.claim(self.state_dir, endpoint_name, config_name=config_name, variant_name=variant_name,
                        detached=detach, model_data=model_dir, image=self.image, work_root=work_root)
         cleanup: list[str] = []

@@ -58,17 +58,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0] == "/ping":
             self._send(200, "application/json", b'{"status": "Healthy"}\n')
         else:
-            self._send(404, "text/plain", b"not found\n")
+            self._send_error(404, f"no such path {self.path.split('?')[0]!r}; use GET /ping or POST /invocations")
 
     def do_POST(self):  # noqa: N802
         path = self.path.split("?")[0]
         try:
             body = self._read_body(MAX_REQUEST_BYTES)
         except PayloadTooLarge as exc:
-            self._send(413, "text/plain", f"{exc}\n".encode(), close=True)
+            self._send_error(413, str(exc), close=True)
+            return
+        except ValueError as exc:  # a Content-Length or chunk size that is not a number
+            self._send_error(400, f"malformed request framing: {exc}", close=True)
             return
         if path != "/invocations":
-            self._send(404, "text/plain", b"not found\n")
+            self._send_error(404, f"no such path {path!r}; use GET /ping or POST /invocations")
             return
         started = time.monotonic()
         headers = {k: v for k, v in self.headers.items()}
@@ -90,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             return self._read_chunked(limit)
         length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError(f"Content-Length {length} is negative")
         if length > limit:
             if length <= _DRAIN_CAP_BYTES:
                 self._drain(length)
@@ -102,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts, total = [], 0
         while True:
             size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size < 0:
+                raise ValueError(f"chunk size {size} is negative")
             if size == 0:
                 while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                     pass
@@ -125,6 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
             if not chunk:
                 break
             remaining -= len(chunk)
+
+    def _send_error(self, status: int, message: str, close: bool = False) -> None:
+        """An error the server answers itself, shaped like the handler's: {"error": {"code", "message"}}."""
+        body = json.dumps({"error": {"code": status, "message": message}}).encode()
+        self._send(status, "application/json", body, close=close)
 
     def _send(self, status: int, content_type: str, body: bytes,
               extra: dict[str, str] | None = None, close: bool = False) -> None:

@@ -4,7 +4,8 @@
 record says InService (or Failed / the process exits / the startup timeout passes).
 ``stop_endpoint`` works from any process: it reads the record, stops the server's process
 group (SIGTERM, then SIGKILL), removes the record and deletes the endpoint's temporary
-directories (only ones inside the record's ``work_root``).
+directories (only ones inside the record's ``work_root``). ``list_endpoints`` shows an
+endpoint whose process died as Failed until it is deleted.
 
 ``LOCAL_RUNS_SIM_STARTUP_TIMEOUT`` (seconds, default 600 like the toolkit) bounds the wait.
 """
@@ -40,21 +41,25 @@ def launch(
     proc, pump = procs.spawn(argv, env, cwd, echo=echo and not detach, log_path=log_path, attached=not detach)
     deadline = time.monotonic() + timeout
     reason = None
-    while True:
-        record = registry.read(state_dir, name) or {}
-        status = record.get("status")
-        if status == registry.IN_SERVICE and record.get("pid") == proc.pid and _ping(record):
-            return proc, pump, record
-        if status == registry.FAILED and record.get("pid") == proc.pid:
-            reason = record.get("failure_reason") or "the endpoint failed"
-            break
-        if proc.poll() is not None:
-            reason = f"the endpoint process exited with code {proc.returncode}"
-            break
-        if time.monotonic() > deadline:
-            reason = f"the endpoint did not become healthy within {timeout:g} s"
-            break
-        time.sleep(0.05)
+    try:
+        while True:
+            record = registry.read(state_dir, name) or {}
+            status = record.get("status")
+            if status == registry.IN_SERVICE and record.get("pid") == proc.pid and _ping(record):
+                return proc, pump, record
+            if status == registry.FAILED and record.get("pid") == proc.pid:
+                reason = record.get("failure_reason") or "the endpoint failed"
+                break
+            if proc.poll() is not None:
+                reason = f"the endpoint process exited with code {proc.returncode}"
+                break
+            if time.monotonic() > deadline:
+                reason = f"the endpoint did not become healthy within {timeout:g} s"
+                break
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C while waiting: a detached server would otherwise run on, nameless
+        procs.stop(proc.pid, timeout=5)
+        raise
     procs.stop(proc.pid, timeout=5)
     if pump is not None:
         pump.join(timeout=2)
@@ -104,6 +109,25 @@ def stop_endpoint(state_dir: str | os.PathLike, name: str, timeout: float = 10.0
     return live
 
 
+def forget_stale(state_dir: str | os.PathLike, name: str) -> bool:
+    """Drop the record of ``name`` if its process is gone, and delete its temp dirs; True if it did."""
+    record = registry.read(state_dir, name)
+    if record is None or registry.is_live(record):
+        return False
+    cleanup_dirs(record)
+    registry.remove(state_dir, name)
+    return True
+
+
 def list_endpoints(state_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of the live endpoints under ``state_dir``."""
-    return registry.list_records(state_dir)
+    """Records of the endpoints under ``state_dir``, by name.
+
+    An endpoint whose serving process is gone (killed, crashed, all workers exited) stays listed
+    with status Failed and a ``failure_reason`` until it is deleted, like a Failed SageMaker endpoint.
+    """
+    out = []
+    for record in registry.list_records(state_dir, include_stale=True):
+        if not registry.is_live(record):
+            record = {**record, "status": registry.FAILED, "failure_reason": registry.gone_reason(record)}
+        out.append(record)
+    return out

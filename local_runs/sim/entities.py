@@ -13,11 +13,12 @@ import datetime
 
 from sagemaker.local.entities import _LocalEndpoint, _LocalTrainingJob
 
-from local_runs.sim import registry
+from local_runs.sim import procs, registry
 from local_runs.sim.container import SimContainer, TrainingJobFailed
 from local_runs.sim.endpoints import EndpointStartFailed
 
 FAILED = "Failed"
+STOPPED = "Stopped"
 
 
 class SimTrainingJob(_LocalTrainingJob):
@@ -36,10 +37,15 @@ class SimTrainingJob(_LocalTrainingJob):
             self.state = FAILED
             self.failure_reason = exc.reason
             self.end_time = datetime.datetime.now()
+        except KeyboardInterrupt:
+            self.state = STOPPED
+            self.failure_reason = "interrupted (Ctrl-C): the job's processes were stopped, nothing was uploaded"
+            self.end_time = datetime.datetime.now()
+            raise procs.Interrupted(f"training job {job_name}: {self.failure_reason}") from None
 
     def describe(self):
         response = super().describe()
-        if self.state == FAILED:
+        if self.state in (FAILED, STOPPED):
             response["FailureReason"] = self.failure_reason
             response.pop("ModelArtifacts", None)
         return response

@@ -11,7 +11,8 @@ forwards the body (and Content-Type, Accept, custom-attribute headers) to that e
   ``LogStreamArn`` (botocore raises ``ModelError``, a ``ClientError``);
 * container silent for ``LOCAL_RUNS_SIM_INVOKE_TIMEOUT`` s (default 60) or unreachable ->
   424 ``ModelError`` with ``OriginalStatusCode`` 0;
-* unknown or not-in-service endpoint -> 400 ``ValidationError``;
+* unknown or not-in-service endpoint -> 400 ``ValidationError`` (one whose serving process
+  died says so: status Failed, the reason and the log to read);
 * body over 6 MiB -> 413, as the real front end answers.
 
 Use in-process (``with RuntimeGateway(state_dir) as gw: gw.url``) or as a shared daemon:
@@ -102,6 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         record = registry.live_record(self.server.state_dir, name)
         if record is None:
+            stale = registry.read(self.server.state_dir, name)
+            if stale is not None:  # registered, but its serving process is gone
+                self._error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT_ID} is in status "
+                            f"{registry.FAILED}: {registry.gone_reason(stale)}")
+                return
             self._error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT_ID} not found.")
             return
         if record.get("status") != registry.IN_SERVICE or not record.get("port"):

@@ -1,12 +1,16 @@
 """Keep the simulator local: every AWS endpoint it calls must be a loopback address.
 
 Loopback means 127.0.0.0/8, ::1 or the name ``localhost``. ``require_loopback_url`` refuses a
-configuration up front; ``install_request_guard`` also blocks, at send time, any request a
-boto3 session would make to a non-loopback host (e.g. STS, a real SageMaker endpoint).
+configuration up front; ``require_local_environment`` refuses AWS endpoint variables
+(``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``, ...) that point off this machine;
+``install_request_guard`` also blocks, at send time, any request a boto3 session would make to
+a non-loopback host (e.g. STS, a real SageMaker endpoint).
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 from urllib.parse import urlsplit
 
 
@@ -41,6 +45,38 @@ def require_loopback_url(url: str | None, what: str) -> str:
             "(allowed: 127.0.0.0/8, ::1, localhost)"
         )
     return url
+
+
+# The endpoint variables botocore honours for the services sim touches (the global one included).
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SAGEMAKER",
+                      "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", "AWS_ENDPOINT_URL_STS")
+
+
+def require_local_environment(environ=None) -> None:
+    """Raise NonLocalEndpointError when an AWS endpoint variable sim would honour is not local."""
+    environ = os.environ if environ is None else environ
+    for name in ENDPOINT_VARIABLES:
+        value = environ.get(name)
+        if value and not is_loopback_url(value):
+            raise NonLocalEndpointError(
+                f"sim refuses to start: {name}={value} is not on this machine, and sim only calls services "
+                "on 127.0.0.1 (it starts its own S3 and runtime there); unset the variable, or use "
+                "--backend docker or sagemaker"
+            )
+
+
+@contextlib.contextmanager
+def no_instance_metadata():
+    """Within: botocore does not ask the EC2 instance metadata service (169.254.169.254) for anything."""
+    saved = os.environ.get("AWS_EC2_METADATA_DISABLED")
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("AWS_EC2_METADATA_DISABLED", None)
+        else:
+            os.environ["AWS_EC2_METADATA_DISABLED"] = saved
 
 
 def install_request_guard(boto_session) -> None:

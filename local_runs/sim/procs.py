@@ -29,6 +29,16 @@ OWNER_CREATE_TIME_ENV = "LOCAL_RUNS_OWNER_CREATE_TIME"
 _SCRUBBED_PREFIXES = ("AWS_", "SM_", "SAGEMAKER_")
 _INTERNAL = {OWNER_PID_ENV, OWNER_CREATE_TIME_ENV, "LOCAL_RUNS_SIM_CODE_ROOT"}
 
+
+
+class Interrupted(KeyboardInterrupt, Exception):
+    """Ctrl-C while sim ran a job: its processes are stopped.
+
+    Also an ``Exception`` so that it gets through the SDK v2 telemetry wrapper around
+    ``Estimator.fit``, which swallows a plain KeyboardInterrupt (its ``finally: return``).
+    """
+
+
 _attached: dict[int, float | None] = {}
 _lock = threading.Lock()
 _hooks_installed = False

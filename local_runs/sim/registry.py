@@ -82,6 +82,15 @@ def is_live(record: dict[str, Any] | None) -> bool:
     return daemon.is_same_process(record.get("owner_pid"), record.get("owner_create_time"))
 
 
+def gone_reason(record: dict[str, Any]) -> str:
+    """Why an endpoint whose serving process is gone is Failed (its own reason, if it wrote one)."""
+    if record.get("failure_reason"):
+        return record["failure_reason"]
+    who = f"its serving process (pid {record['pid']})" if record.get("pid") else "the process deploying it"
+    return (f"{who} is no longer running (killed or crashed); see the endpoint log "
+            f"{record.get('log_path') or '(none)'}; delete the endpoint and deploy it again")
+
+
 def live_record(state_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
     """The record if its process is alive, else None."""
     try:

@@ -24,20 +24,25 @@ import datetime
 import os
 from pathlib import Path
 
+from local_runs.sim.netguard import no_instance_metadata  # noqa: E402
+
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # must precede `import sagemaker`
 
-from botocore.exceptions import ClientError  # noqa: E402
-from sagemaker.config import load_sagemaker_config  # noqa: E402
-from sagemaker.local import LocalSession  # noqa: E402
-from sagemaker.local.local_session import LocalSagemakerClient  # noqa: E402
-from sagemaker.session import _check_job_status  # noqa: E402
-from sagemaker.utils import format_tags  # noqa: E402
+# Importing the SDK builds a default (JumpStart) session, whose credential lookup would try the EC2
+# metadata service at 169.254.169.254: off this machine, so not while sim imports it.
+with no_instance_metadata():
+    from botocore.exceptions import ClientError  # noqa: E402
+    from sagemaker.config import load_sagemaker_config  # noqa: E402
+    from sagemaker.local import LocalSession  # noqa: E402
+    from sagemaker.local.local_session import LocalSagemakerClient  # noqa: E402
+    from sagemaker.session import _check_job_status  # noqa: E402
+    from sagemaker.utils import format_tags  # noqa: E402
 
 from local_runs import s3_server  # noqa: E402
 from local_runs.sim import endpoints, gateway, registry  # noqa: E402
 from local_runs.sim.container import SimContainer  # noqa: E402
 from local_runs.sim.entities import SimEndpoint, SimTrainingJob  # noqa: E402
-from local_runs.sim.netguard import install_request_guard, require_loopback_url  # noqa: E402
+from local_runs.sim.netguard import install_request_guard, require_local_environment, require_loopback_url  # noqa: E402
 from local_runs.sim.runtime import SimRuntimeClient  # noqa: E402
 from local_runs.sim.sdk_config import quiet_sdk_environment, with_telemetry_opt_out  # noqa: E402
 
@@ -92,8 +97,10 @@ class SimSagemakerClient(LocalSagemakerClient):
                 raise _not_found("describe_endpoint", "Could not find local endpoint")
             return endpoint.describe()
         if endpoint is None:
-            record = registry.live_record(self._state_dir, EndpointName)
+            record = registry.read(self._state_dir, EndpointName) if _valid(EndpointName) else None
             if record is not None:
+                if not registry.is_live(record):  # its process is gone: Failed until deleted
+                    record = {**record, "status": registry.FAILED, "failure_reason": registry.gone_reason(record)}
                 return _describe_record(record)
         return super().describe_endpoint(EndpointName)
 
@@ -103,8 +110,9 @@ class SimSagemakerClient(LocalSagemakerClient):
             endpoint.stop()
             return
         _validate(EndpointName, "DeleteEndpoint")
-        if not endpoints.stop_endpoint(self._state_dir, EndpointName):
+        if registry.read(self._state_dir, EndpointName) is None:
             raise _not_found("delete_endpoint", f'Could not find endpoint "{EndpointName}".')
+        endpoints.stop_endpoint(self._state_dir, EndpointName)  # a Failed one (process gone) too
 
     # The SDK wraps these in a telemetry decorator; call the plain methods (no telemetry at all).
     def create_model(self, *args, **kwargs):
@@ -125,6 +133,14 @@ def _validate(name: str, operation: str) -> None:
         registry.validate_name(name)
     except ValueError as exc:
         raise ClientError({"Error": {"Code": "ValidationException", "Message": str(exc)}}, operation) from None
+
+
+def _valid(name: str) -> bool:
+    try:
+        registry.validate_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe_record(record: dict) -> dict:
@@ -160,6 +176,7 @@ class SimSession(LocalSession):
                  runtime_endpoint_url: str | None = None, boto_session=None,
                  sagemaker_config: dict | None = None, default_bucket_prefix: str | None = None):
         require_loopback_url(s3_endpoint_url, "S3")
+        require_local_environment()
         if runtime_endpoint_url is not None:
             require_loopback_url(runtime_endpoint_url, "SageMaker runtime")
         if not default_bucket:
