@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from knn.encoder import bundled_model_path, load_encoder
+from knn.encoder import load_encoder, onnx_model_path
 from knn.index import build_index
 from knn.lexical import LexicalIndex, kept_headline, passage_documents, review_documents
 from knn.model_dir import save_model_dir
@@ -42,7 +42,7 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     timings["read_s"] = time.perf_counter() - start
     log.info("read %d reviews of %d products from %s", len(catalog), catalog["product_id"].nunique(), reviews_path)
 
-    encoder_path = bundled_model_path()
+    encoder_path = onnx_model_path()  # exported once per machine, then cached
     encoder = load_encoder(encoder_path, threads=threads)
     mark = time.perf_counter()
     corpus = build_corpus(catalog, encoder, batch_size=batch_size)

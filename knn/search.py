@@ -171,6 +171,7 @@ class ProductSearch:
         if self.lexical is not None and self.lexical.n_documents != len(catalog):
             raise ValueError(f"the lexical index has {self.lexical.n_documents} documents for {len(catalog)} reviews")
         self.passage_lexical = corpus.passage_lexical if ranking.lexical_weight > 0 else None
+        self._review_rows = np.arange(len(catalog), dtype=np.int64)  # review-level BM25 documents -> reviews
         if self.passage_lexical is not None:
             n_headlines = len(corpus.headlines) if corpus.headlines is not None else 0
             if self.passage_lexical.n_documents != len(corpus.sentences) + n_headlines:
@@ -270,24 +271,27 @@ class ProductSearch:
         a product takes the best over its reviews and passages."""
         by_product = np.zeros(self.n_products, np.float32)
         candidates = []
-        levels = [(self.lexical, np.arange(self.lexical.n_documents))]
+        levels = [(self.lexical, self._review_rows)]
         if self.passage_lexical is not None:
             levels.append((self.passage_lexical, self._review_of_passage))
         for index, review_of_document in levels:
-            scores = index.scores(query_text)
-            usable = review_of_document >= 0
+            hit, scores = index.hits(query_text)
+            owners = review_of_document[hit]
+            usable = owners >= 0
             if allowed is not None:
-                usable &= allowed[np.maximum(review_of_document, 0)]
-            hit = np.flatnonzero((scores > 0) & usable)
+                usable &= allowed[np.maximum(owners, 0)]
+            hit, scores, owners = hit[usable], scores[usable], owners[usable]
+            keep = scores > 0
+            hit, scores, owners = hit[keep], scores[keep], owners[keep]
             if hit.size == 0:
                 continue
             if self.ranking.lexical_norm == "coverage":
-                normalised = np.minimum(scores[hit] / index.full_match(query_text), 1.0)
+                normalised = np.minimum(scores / index.full_match(query_text), 1.0)
             else:
-                normalised = scores[hit] / float(scores[hit].max())
-            products = self._product_of_review[review_of_document[hit]]
+                normalised = scores / float(scores.max())
+            products = self._product_of_review[owners]
             np.maximum.at(by_product, products, normalised.astype(np.float32))
-            candidates.append(products[np.argsort(-scores[hit], kind="stable")[:self.candidates_per_sentence]])
+            candidates.append(products[np.argsort(-scores, kind="stable")[:self.candidates_per_sentence]])
         return by_product, (np.concatenate(candidates) if candidates else np.zeros(0, np.int64))
 
     def _eligible_products(self, allowed: np.ndarray | None) -> np.ndarray:

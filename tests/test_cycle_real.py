@@ -88,7 +88,7 @@ def test_artifacts_in_s3(backend, deployed):
     body = client.get_object(Bucket=backend.bucket, Key=f"{job_name}/output/model.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         names = set(tar.getnames())
-    assert {"manifest.json", "vectors.npy", "catalog.parquet", "encoder/model.safetensors"} <= names
+    assert {"manifest.json", "vectors.npy", "catalog.parquet", "encoder/model.onnx"} <= names
     # deploy repacked the model with the code: code/entry_point.py and knn under code/lib
     repacked = [k for k in keys if k.endswith("model.tar.gz") and k != f"{job_name}/output/model.tar.gz"]
     assert repacked, keys

@@ -1,8 +1,16 @@
-"""knn.encoder: offline loading by path, verified weights, unit float32 vectors."""
+"""knn.encoder: offline loading by path, verified weights, unit float32 vectors equal to sentence-transformers'."""
+import json
+import shutil
+
 import numpy as np
 import pytest
 
-from knn.encoder import DIMENSIONS, EncoderError, bundled_model_path, load_encoder
+from knn.encoder import (DIMENSIONS, ONNX_FILE, EncoderError, bundled_model_path, copy_model, load_encoder,
+                         onnx_model_path)
+
+SENTENCES = ["My kids loved it", "The children enjoyed this toy", "The battery died",
+             "Great!", "", "A much longer sentence, with punctuation; numbers 42 and 7.5, and ÜNÏCÖDE, 😀 and שלום.",
+             "word " * 400]  # over the 256-token limit: truncated the same way
 
 
 def test_unit_float32_vectors(encoder):
@@ -11,6 +19,21 @@ def test_unit_float32_vectors(encoder):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     sims = vectors @ vectors.T
     assert sims[0, 1] > sims[0, 2] + 0.2
+
+
+def test_same_vectors_as_sentence_transformers(encoder):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(bundled_model_path()), device="cpu", local_files_only=True)
+    expected = reference.encode(SENTENCES, batch_size=3, normalize_embeddings=True, convert_to_numpy=True)
+    for batch_size in (1, 3, 64):  # padding within a batch must not change a vector
+        got = encoder.encode(SENTENCES, batch_size=batch_size)
+        assert np.abs(got - expected).max() < 1e-5, batch_size
+
+
+def test_order_of_input_is_kept(encoder):
+    one_by_one = np.vstack([encoder.encode([s]) for s in SENTENCES])
+    np.testing.assert_allclose(encoder.encode(SENTENCES, batch_size=2), one_by_one, atol=1e-5)
 
 
 def test_empty_input(encoder):
@@ -23,18 +46,59 @@ def test_hub_is_switched_off(encoder):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+def test_serving_needs_no_torch_or_transformers(tmp_path):
+    """A model dir's encoder loads and encodes without importing torch, transformers or sentence-transformers."""
+    import subprocess
+    import sys
+
+    copy_model(onnx_model_path(), tmp_path / "encoder")
+    code = ("import sys; from knn.encoder import load_encoder; "
+            f"v = load_encoder({str(tmp_path / 'encoder')!r}).encode(['my kids loved it']); "
+            "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]; "
+            "print(v.shape, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"(1, {DIMENSIONS}) []"
+
+
+def test_exported_encoder_is_cached_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVIEW_SEARCH_CACHE_DIR", str(tmp_path))
+    first = onnx_model_path()
+    assert first.is_relative_to(tmp_path) and (first / ONNX_FILE).is_file()
+    stamp = (first / ONNX_FILE).stat().st_mtime_ns
+    assert onnx_model_path() == first and (first / ONNX_FILE).stat().st_mtime_ns == stamp  # reused
+    with open(first / ONNX_FILE, "r+b") as handle:  # a damaged cache is exported again, not used
+        handle.seek(1000)
+        handle.write(b"\0" * 64)
+    again = onnx_model_path()
+    from knn.encoder import file_sha256
+
+    assert file_sha256(again / ONNX_FILE) == json.loads((again / "sha256.json").read_text())[ONNX_FILE]
+    with open(again / ONNX_FILE, "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\1" * 64)
+    with pytest.raises(EncoderError, match="sha256"):  # load_encoder(verify=True) refuses a damaged dir
+        load_encoder(again)
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(EncoderError, match="no encoder weights"):
+    with pytest.raises(EncoderError, match="no encoder at"):
         load_encoder(tmp_path)
 
 
 def test_wrong_weights_are_refused(tmp_path):
-    import shutil
-
     shutil.copytree(bundled_model_path(), tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(EncoderError, match="sha256"):
         load_encoder(tmp_path / "m")
+
+
+def test_unsupported_pooling_is_refused(tmp_path):
+    shutil.copytree(bundled_model_path(), tmp_path / "m")
+    (tmp_path / "m" / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    from knn.encoder import export_onnx
+
+    with pytest.raises(EncoderError, match="mean pooling"):
+        export_onnx(tmp_path / "m", tmp_path / "out")
 
 
 def test_threads_must_be_positive():

@@ -20,7 +20,7 @@ def test_manifest_lists_every_file_with_sha256(fixture_model_dir):
     assert manifest["format_version"] == 1
     assert manifest["encoder_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     files = manifest["files"]
-    for name in ("catalog.parquet", "sentences.parquet", "vectors.npy", "encoder/model.safetensors",
+    for name in ("catalog.parquet", "sentences.parquet", "vectors.npy", "encoder/model.onnx",
                  "encoder/tokenizer.json"):
         assert len(files[name]["sha256"]) == 64
     on_disk = {p.relative_to(fixture_model_dir).as_posix() for p in fixture_model_dir.rglob("*") if p.is_file()}
@@ -63,9 +63,9 @@ def test_tampered_dirs_are_refused_before_loading(model_copy, damage, fragment):
 
 
 def test_encoder_weights_swapped_are_refused(model_copy):
-    weights = model_copy / "encoder" / "model.safetensors"
+    weights = model_copy / "encoder" / "model.onnx"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(ModelDirError, match="encoder/model.safetensors"):
+    with pytest.raises(ModelDirError, match="encoder/model.onnx"):
         load_model_dir(model_copy)

@@ -29,10 +29,10 @@ import sys
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from local_runs import daemon
 from local_runs.sim import procs, registry
+from local_runs.sim.http_base import Handler, Server
 from local_runs.sim.inference import DEFAULT_HANDLER_SERVICE, HANDLER_SERVICE_ENV, Worker
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
@@ -49,10 +49,8 @@ class PayloadTooLarge(Exception):
     pass
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(Handler):
     server_version = "local-runs-sim"
-    timeout = 300  # idle keep-alive connections
 
     def do_GET(self):  # noqa: N802
         if self.path.split("?")[0] == "/ping":
@@ -138,29 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps({"error": {"code": status, "message": message}}).encode()
         self._send(status, "application/json", body, close=close)
 
-    def _send(self, status: int, content_type: str, body: bytes,
-              extra: dict[str, str] | None = None, close: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
 
-    def log_message(self, fmt, *args):  # requests are logged by do_POST
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
+class _Server(Server):
     worker: Worker
 
 

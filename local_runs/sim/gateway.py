@@ -32,13 +32,13 @@ import socket
 import sys
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from local_runs import daemon
 from local_runs.sim import registry
+from local_runs.sim.http_base import Handler, Server
 from local_runs.sim.netguard import is_loopback_host
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
@@ -69,14 +69,19 @@ def model_error_body(name: str, status: int, original: str, log_hint: str, regio
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(Handler):
     server_version = "local-runs-sim-gateway"
-    timeout = 300
+
+    def _send(self, status: int, content_type: str, body: bytes,
+              extra: dict[str, str] | None = None, close: bool = False) -> None:
+        super()._send(status, content_type, body, {"x-amzn-RequestId": str(uuid.uuid4()), **(extra or {})}, close)
+
+    def log_message(self, fmt, *args):
+        logger.debug("gateway: " + fmt, *args)
 
     def do_GET(self):  # noqa: N802
         if self.path.split("?")[0] == "/ping":
-            self._send(200, b'{"status": "Healthy"}', "application/json")
+            self._send(200, "application/json", b'{"status": "Healthy"}')
         else:
             self._error(404, "UnknownOperationException", "Unknown operation")
 
@@ -84,8 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_REQUEST_BYTES:
             self._drain(length)
-            self._send(413, f"HTTP content length exceeded {MAX_REQUEST_BYTES} bytes.".encode(),
-                       "text/plain", close=True)
+            self._send(413, "text/plain", f"HTTP content length exceeded {MAX_REQUEST_BYTES} bytes.".encode(),
+                       close=True)
             return
         body = self.rfile.read(length) if length else b""
         match = _PATH_RE.match(self.path)
@@ -142,17 +147,17 @@ class _Handler(BaseHTTPRequestHandler):
             custom = response.getheader("X-Amzn-SageMaker-Custom-Attributes")
             if custom is not None:
                 extra["X-Amzn-SageMaker-Custom-Attributes"] = custom
-            self._send(200, payload, response.getheader("Content-Type") or "application/json", extra)
+            self._send(200, response.getheader("Content-Type") or "application/json", payload, extra)
             return
         self._model_error(name, response.status, payload.decode("utf-8", "replace"), log_hint)
 
     def _model_error(self, name: str, status: int, original: str, log_hint: str) -> None:
         body = model_error_body(name, status, original, log_hint, self.server.region)
-        self._send(424, json.dumps(body).encode(), "application/json",
+        self._send(424, "application/json", json.dumps(body).encode(),
                    {"x-amzn-ErrorType": "ModelError:http://internal.amazon.com/coral/com.amazon.sagemaker/"})
 
     def _error(self, status: int, code: str, message: str) -> None:
-        self._send(status, json.dumps({"message": message}).encode(), "application/json",
+        self._send(status, "application/json", json.dumps({"message": message}).encode(),
                    {"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazon.coral.validate/"})
 
     def _drain(self, length: int) -> None:
@@ -165,30 +170,8 @@ class _Handler(BaseHTTPRequestHandler):
         if length > 64 * 1024 * 1024:
             self.close_connection = True
 
-    def _send(self, status: int, body: bytes, content_type: str,
-              extra: dict[str, str] | None = None, close: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
 
-    def log_message(self, fmt, *args):
-        logger.debug("gateway: " + fmt, *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
+class _Server(Server):
     state_dir: Path
     invoke_timeout: float
     region: str
