@@ -191,9 +191,9 @@ def onnx_model_path(source: str | Path | None = None) -> Path:
     weights_sha = file_sha256(weights)
     if weights_sha != WEIGHTS_SHA256:
         raise EncoderError(f"{weights} is not the all-MiniLM-L6-v2 weights (sha256 mismatch); reinstall the encoder")
-    import torch
+    from importlib.metadata import version  # not `import torch`: a cache hit needs no torch
 
-    key = f"{weights_sha[:16]}-x{EXPORT_VERSION}-torch{torch.__version__.split('+')[0]}"
+    key = f"{weights_sha[:16]}-x{EXPORT_VERSION}-torch{version('torch').split('+')[0]}"
     cached = _cache_dir() / key
     stamp = cached / "sha256.json"
     if stamp.is_file():

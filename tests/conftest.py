@@ -52,3 +52,14 @@ def toys_model_dir(tmp_path_factory):
     figures = build_model_dir(require_toys_10k(), directory, index_kind="graph", threads=2)
     assert figures["index_kind"] == "graph" and figures["sentences"] > 20_000 and figures["headlines"] > 1000
     return directory
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    """A sim backend (own state dir, S3 and gateway) shared by the tests of one module."""
+    from local_runs.backends import open_backend
+    from local_runs.config import load_settings
+
+    settings = load_settings(cli={"backend": "sim", "state_dir": str(tmp_path_factory.mktemp("state"))}, environ={})
+    with open_backend(settings) as opened:
+        yield opened

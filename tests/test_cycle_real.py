@@ -57,13 +57,6 @@ def listening_ports(pids):
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    settings = load_settings(cli={"backend": "sim", "state_dir": str(tmp_path_factory.mktemp("state"))}, environ={})
-    with open_backend(settings) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
 def deployed(backend):
     before = children()
     estimator = job.fit(backend, backend.upload(FIXTURES / "reviews.csv"))

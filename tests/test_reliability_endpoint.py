@@ -25,8 +25,6 @@ from sagemaker.exceptions import UnexpectedStatusException
 from conftest import FIXTURES
 from knn.query_request import MAX_N_ITEMS, MAX_QUERIES, MAX_QUERY_CHARS
 from local_runs import job, s3_server
-from local_runs.backends import open_backend
-from local_runs.config import load_settings
 from local_runs.sim import registry
 
 pytestmark = pytest.mark.integration
@@ -89,13 +87,6 @@ BAD_REQUESTS = [
     ("star-rating-range", _j({"query": "kite", "min_star_rating": 6}), J, J, 400, "min_star_rating"),
     ("offset-negative", _j({"query": "kite", "offset": -1}), J, J, 400, "offset"),
 ]
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    settings = load_settings(cli={"backend": "sim", "state_dir": str(tmp_path_factory.mktemp("state"))}, environ={})
-    with open_backend(settings) as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,6 @@ from sagemaker.exceptions import UnexpectedStatusException
 
 from conftest import FIXTURES, ROOT
 from local_runs import job
-from local_runs.backends import open_backend
-from local_runs.config import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -64,13 +62,6 @@ BAD_FILES = [
     ("ragged-row", "ragged.csv", _csv("R1,P1,Kite,5,Fun,Flies well\nR2,P1,Kite,4,Ok,Fine, but, unquoted\n"),
      ["line 3", "double quotes"]),
 ]
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    settings = load_settings(cli={"backend": "sim", "state_dir": str(tmp_path_factory.mktemp("state"))}, environ={})
-    with open_backend(settings) as opened:
-        yield opened
 
 
 def bucket_keys(backend) -> list[str]:
