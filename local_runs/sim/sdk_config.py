@@ -50,3 +50,32 @@ def with_telemetry_opt_out(config: dict | None) -> dict:
     sagemaker["PythonSDK"] = python_sdk
     config["SageMaker"] = sagemaker
     return config
+
+
+def memoize_config_validation() -> None:
+    """Validate each distinct SDK config once per process instead of on every config lookup.
+
+    The SDK checks its whole config against a large JSON schema each time it reads one value
+    (`sagemaker.utils.get_sagemaker_config_value`), and jsonschema re-checks the schema itself on
+    every call: with any config present (the telemetry opt-out above is one) that was ~22 checks and
+    ~3 s per `deploy()` on 2 cores. Same verdicts, same exceptions; a config that fails is re-checked."""
+    import json
+
+    import sagemaker.utils
+
+    original = sagemaker.utils.validate_sagemaker_config
+    if getattr(original, "_local_runs_memoized", False):
+        return
+    valid: set[str] = set()
+
+    def validate_once(sagemaker_config: dict = None):
+        try:
+            key = json.dumps(sagemaker_config, sort_keys=True, default=repr)
+        except (TypeError, ValueError):
+            return original(sagemaker_config)
+        if key not in valid:
+            original(sagemaker_config)  # raises for an invalid config: nothing is remembered
+            valid.add(key)
+
+    validate_once._local_runs_memoized = True
+    sagemaker.utils.validate_sagemaker_config = validate_once

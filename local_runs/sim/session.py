@@ -44,7 +44,8 @@ from local_runs.sim.container import SimContainer  # noqa: E402
 from local_runs.sim.entities import SimEndpoint, SimTrainingJob  # noqa: E402
 from local_runs.sim.netguard import install_request_guard, require_local_environment, require_loopback_url  # noqa: E402
 from local_runs.sim.runtime import SimRuntimeClient  # noqa: E402
-from local_runs.sim.sdk_config import quiet_sdk_environment, with_telemetry_opt_out  # noqa: E402
+from local_runs.sim.sdk_config import (  # noqa: E402
+    memoize_config_validation, quiet_sdk_environment, with_telemetry_opt_out)
 
 ENDPOINT_POLL_SECONDS = 0.05
 
@@ -186,6 +187,7 @@ class SimSession(LocalSession):
         self.detach_endpoints = detach_endpoints
         self._runtime_endpoint_url = runtime_endpoint_url
         quiet_sdk_environment(self.state_dir)
+        memoize_config_validation()
         boto_session = boto_session or s3_server.boto_session(region, s3_url=s3_endpoint_url)
         install_request_guard(boto_session)
         if sagemaker_config is None:
