@@ -218,3 +218,24 @@ def test_port_file_round_trip(tmp_path):
     daemon.remove_port_file(path)
     assert not path.exists()
     assert sys.executable == daemon.python()
+
+
+def test_sdk_config_is_validated_once_and_invalid_configs_still_fail(monkeypatch):
+    import jsonschema
+    import sagemaker.utils
+
+    from local_runs.sim import sdk_config
+
+    calls = []
+    monkeypatch.setattr(sagemaker.utils, "validate_sagemaker_config",
+                        lambda config=None: calls.append(config) or jsonschema.validate(config, {"type": "object"}))
+    sdk_config.memoize_config_validation()
+    sdk_config.memoize_config_validation()  # idempotent: not wrapped twice
+    config = sdk_config.with_telemetry_opt_out({})
+    for _ in range(5):
+        sagemaker.utils.validate_sagemaker_config(config)
+    assert len(calls) == 1
+    for _ in range(2):
+        with pytest.raises(jsonschema.ValidationError):
+            sagemaker.utils.validate_sagemaker_config(["not", "a", "config"])
+    assert len(calls) == 3  # a failing config is checked every time
