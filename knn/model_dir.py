@@ -154,6 +154,8 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
         raise ModelDirError(f"{directory}: cannot read the model's data ({exc}); rebuild the model") from None
     if len(vectors) != len(sentences):
         raise ModelDirError(f"{directory}: {len(vectors)} vectors for {len(sentences)} sentences; rebuild the model")
+    # The graphs first: their loading is the peak of this function's memory, lower before the tables.
+    index = load_index(manifest["index_kind"], directory / "index", vectors)
     listed = manifest.get("files") or {}
     headlines = headline_vectors = headline_index = None
     if "headlines.parquet" in listed:
@@ -178,7 +180,6 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
             log.info("%s has no BM25 index of %s (built by an older version); building it", directory, name)
             lexical[name] = LexicalIndex.build(documents())
     encoder = load_encoder(directory / "encoder", threads=threads, verify=False)  # verified above
-    index = load_index(manifest["index_kind"], directory / "index", vectors)
     log.info("model loaded from %s: %s", directory, manifest["counts"])
     corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"])
     return ProductSearch(encoder, index, corpus, headline_index=headline_index)

@@ -1,0 +1,106 @@
+"""Smoke tests of bench/knn_bench.py and bench/scale_bench.py at tiny sizes: they run, write the JSON
+the issue asks for, and measure sane things (exact recall is 1, the graph and hnswlib find most
+neighbours, held-out queries are not corpus rows, memory and latency figures are filled in).
+
+The graph build pays pynndescent's JIT compilation (about 20 s) once per process; run with
+tests/test_index.py it is already paid."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _module(name):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def knn_bench():
+    return _module("knn_bench")
+
+
+def test_generator_is_a_reproducible_clustered_stream(knn_bench):
+    corpus = knn_bench.clustered_unit_vectors(3000)
+    assert corpus.shape == (3000, 384) and corpus.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(corpus, axis=1), 1.0, atol=1e-5)
+    # rows past a corpus are the same stream's continuation: held-out, same distribution
+    tail = knn_bench.clustered_unit_vectors(500, skip=2800)
+    np.testing.assert_array_equal(tail[:200], corpus[2800:])
+    assert not np.isin(tail[200:, 0], corpus[:, 0]).any()
+    sims = corpus[:300] @ corpus.T
+    nearest = np.sort(sims, axis=1)[:, -2]  # the best other row
+    assert 0.05 < sims.mean() < 0.25  # a shared direction, as sentence embeddings have
+    assert nearest.mean() > sims.mean() + 0.3  # clustered: neighbours much closer than average
+
+
+def test_knn_bench_tiny_run_writes_sane_json(knn_bench, tmp_path):
+    out = tmp_path / "knn.json"
+    knn_bench.main(["--sizes", "2000", "--queries", "100", "--epsilons", "0.0", "0.5",
+                    "--efs", "10", "100", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpus"] >= 1
+    (result,) = data["results"]["datasets"]
+    assert result["n"] == 2000 and result["queries"] == 100 and result["k"] == 10
+    methods = result["methods"]
+    assert set(methods) == {"exact", "graph", "hnswlib"}
+    assert methods["exact"]["curve"][0]["recall"] == 1.0
+    graph = {point["setting"]: point for point in methods["graph"]["curve"]}
+    assert graph[0.5]["recall"] >= 0.95 and graph[0.5]["recall"] >= graph[0.0]["recall"]
+    hnsw = {point["setting"]: point for point in methods["hnswlib"]["curve"]}
+    assert hnsw[100]["recall"] >= 0.95
+    for data_ in methods.values():
+        for point in data_["curve"]:
+            assert 0 < point["p50"] <= point["p99"] <= point["max"]
+            assert 0.0 <= point["recall"] <= 1.0
+    assert methods["graph"]["copies_vectors"] is False  # the graph searches the vectors array itself
+    assert methods["graph"]["disk_bytes"] > 0 and methods["hnswlib"]["disk_bytes"] > 0
+    assert "exact_over_graph_p50" in result["ratios_at_target"]
+    names = [t["name"] for t in data["targets"]]
+    assert names == ["synthetic-2000: graph recall@10", "synthetic-2000: graph / hnswlib latency at matched recall",
+                     "synthetic-2000: exact / graph latency"]
+    assert all(isinstance(t["pass"], bool) or t["pass"] is None for t in data["targets"])
+
+
+def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
+    scale_bench = _module("scale_bench")
+    out = tmp_path / "scale.json"
+    scale_bench.main(["--sentences", "1500", "--texts", "synthetic", "--index-kind", "exact", "--queries", "100",
+                      "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    data = json.loads(out.read_text())
+    serve = data["results"]["serve"]
+    assert serve["sentences"] == 1500 and data["results"]["build"]["sentences"] == 1500
+    assert serve["queries"] == 100
+    for stage in ("after_load", "after_queries"):
+        memory = serve["memory"][stage]
+        assert memory["ru_maxrss_bytes"] > 50 * 1024 ** 2
+        assert memory["vm_hwm_bytes"] >= memory["vm_rss_bytes"] > 0
+    assert serve["holdings_bytes"]["vectors"] == 1500 * 384 * 4
+    assert 0 < serve["search_vectors_ms"]["p50"] <= serve["search_vectors_ms"]["p99"]
+    assert [t["unit"] for t in data["targets"]] == ["GB", "ms"]
+    assert 0.05 < data["targets"][0]["measured"] < 20 and data["targets"][1]["measured"] > 0
+    # a second run reuses the cached model dir
+    scale_bench.main(["--sentences", "1500", "--texts", "synthetic", "--index-kind", "exact", "--queries", "100",
+                      "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text())["results"]["build_cached"] is True
+
+
+def test_recall_counts_tied_duplicates_as_found(knn_bench):
+    vectors = np.array([[1, 0], [0.6, 0.8], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    queries = np.array([[0.8, 0.6]], dtype=np.float32)  # rows 1 and 2 (duplicates) tie for the best
+    truth = np.array([[1]])
+    assert knn_bench.recall_at(np.array([[2]]), truth, vectors, queries) == 1.0
+    assert knn_bench.recall_at(np.array([[2]]), truth) == 0.0  # id overlap alone misses the tie
+    assert knn_bench.recall_at(np.array([[0]]), truth, vectors, queries) == 0.0
+    assert knn_bench.recall_at(np.array([[-1]]), truth, vectors, queries) == 0.0  # padding is a miss
