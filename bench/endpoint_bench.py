@@ -113,7 +113,6 @@ def main(argv=None) -> int:
 
     model_dir = Path(args.model_dir) if args.model_dir else toys_model_dir(args.reviews, args.work_dir)
     queries = distinct_queries(args.reviews)
-    os.environ["LOCAL_RUNS_SIM_WORKERS"] = str(args.workers)
     results = {"model_dir": str(model_dir), "workers": args.workers, "distinct_queries": len(queries), "direct": []}
     with tempfile.TemporaryDirectory(prefix="endpoint-bench-") as scratch:
         archive = Path(scratch) / "model.tar.gz"
@@ -124,7 +123,15 @@ def main(argv=None) -> int:
         with open_backend(settings) as backend:
             uri = backend.session.upload_data(str(archive), bucket=backend.bucket, key_prefix="bench/output")
             started = time.perf_counter()
-            predictor = job.deploy(job.make_model(backend, uri), backend, endpoint_name="endpoint-bench")
+            saved = os.environ.get("LOCAL_RUNS_SIM_WORKERS")
+            os.environ["LOCAL_RUNS_SIM_WORKERS"] = str(args.workers)  # read when the endpoint starts
+            try:
+                predictor = job.deploy(job.make_model(backend, uri), backend, endpoint_name="endpoint-bench")
+            finally:  # leave the caller's environment as it was (the tests run this in-process)
+                if saved is None:
+                    os.environ.pop("LOCAL_RUNS_SIM_WORKERS", None)
+                else:
+                    os.environ["LOCAL_RUNS_SIM_WORKERS"] = saved
             results["deploy_s"] = round(time.perf_counter() - started, 2)
             try:
                 port = int(backend.session.endpoint_record("endpoint-bench")["port"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def test_endpoint_bench_on_a_sim_endpoint(tmp_path, fixture_model_dir):
     assert [row["clients"] for row in results["direct"]] == [1, 4]
     assert all(row["errors"] == 0 and row["requests"] == 10 * row["clients"] for row in results["direct"])
     assert results["runtime_api"]["errors"] == 0 and results["workers"] == 2
+    assert "LOCAL_RUNS_SIM_WORKERS" not in os.environ  # the setting did not leak into later tests
 
 
 @pytest.mark.integration

@@ -66,6 +66,14 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    """A process's command line, or [] once it has exited (or is a zombie awaiting its parent)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 @pytest.fixture(scope="module")
 def state(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("state")
@@ -262,8 +270,8 @@ def test_ctrl_c_during_cli_cycle_releases_everything(tmp_path, phase):
     reader.start()
     try:
         if phase == "fit":
-            _wait_for(lambda: any("entry_point.py" in " ".join(p.cmdline()) for p in tree(proc.pid)[1:]
-                                  if p.is_running()), 120, "the training script")
+            _wait_for(lambda: any("entry_point.py" in " ".join(_cmdline(p)) for p in tree(proc.pid)[1:]),
+                      120, "the training script")
         else:
             _wait_for(lambda: any(line.startswith("==> predict") for line in out), 300, "the predict phase")
             assert proc.poll() is None, "the cycle ended before Ctrl-C"
