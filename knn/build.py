@@ -43,7 +43,7 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     log.info("read %d reviews of %d products from %s", len(catalog), catalog["product_id"].nunique(), reviews_path)
 
     encoder_path = onnx_model_path()  # exported once per machine, then cached
-    encoder = load_encoder(encoder_path, threads=threads)
+    encoder = load_encoder(encoder_path, threads=threads, verify=False)  # onnx_model_path just checked it
     mark = time.perf_counter()
     corpus = build_corpus(catalog, encoder, batch_size=batch_size)
     timings["split_embed_s"] = time.perf_counter() - mark

