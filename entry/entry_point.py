@@ -162,7 +162,9 @@ def input_fn(request_body, request_content_type):
     if len(request_body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
         raise _toolkit_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        payload = json.loads(request_body)
+        payload = json.loads(request_body, object_pairs_hook=_object_without_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise _toolkit_error(HTTPStatus.BAD_REQUEST, str(exc)) from None
     except (ValueError, RecursionError) as exc:
         raise _toolkit_error(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
     if _has_lone_surrogate(payload):
@@ -172,6 +174,19 @@ def input_fn(request_body, request_content_type):
         return parse_request(payload)
     except QueryError as exc:
         raise _toolkit_error(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice (json.loads would silently keep the last)."""
+
+
+def _object_without_duplicate_keys(pairs):
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(f"the body has the key {key!r} more than once; send each field once")
+        obj[key] = value
+    return obj
 
 
 def _has_lone_surrogate(value) -> bool:

@@ -1,11 +1,13 @@
 """Validation of search requests (a decoded JSON payload): what a client may ask, with documented bounds.
 
-Kept apart from the entry point so the bounds are one table. Every violation raises
+Kept apart from the entry point so the bounds are one table. The sentence cap bounds the work of one
+request (each query sentence is embedded and searched): characters alone do not, since 16 strings of
+2000 characters can hold ~1,300 sentences (seconds of CPU). Every violation raises
 `knn.QueryError` with a message that names the field and says what is allowed.
 
 | field             | type                 | default | bounds                                              |
 |-------------------|----------------------|---------|-----------------------------------------------------|
-| `query`           | string or [string]   | -       | 1-16 strings, each <= 2000 characters, with a letter or digit, no NUL |
+| `query`           | string or [string]   | -       | 1-16 strings, each <= 2000 characters, with a letter or digit, no NUL; at most 64 sentences in all |
 | `n_items`         | whole number         | 3       | 1-100 products                                      |
 | `min_star_rating` | whole number or null | null    | 1-5: only reviews rated at least this count         |
 | `offset`          | whole number         | 0       | 0-1000: skip this many products (pagination)        |
@@ -17,10 +19,11 @@ from typing import Annotated, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from knn.errors import QueryError
-from knn.sentences import has_content
+from knn.sentences import has_content, split_sentences
 
 MAX_QUERIES = 16  # strings in a list query
 MAX_QUERY_CHARS = 2000  # characters in one query string
+MAX_QUERY_SENTENCES = 64  # sentences in all query strings together (the work of one request)
 MAX_N_ITEMS = 100
 DEFAULT_N_ITEMS = 3
 MIN_STAR_RATING, MAX_STAR_RATING = 1, 5
@@ -53,6 +56,10 @@ class SearchRequest(BaseModel):
                 raise ValueError(f"{where} has {len(text)} characters; at most {MAX_QUERY_CHARS} are allowed")
             if not has_content(text):
                 raise ValueError(f"{where} has no letters or digits to search for")
+        sentences = sum(len(split_sentences(text)) for text in texts)
+        if sentences > MAX_QUERY_SENTENCES:
+            raise ValueError(f"the query has {sentences} sentences in all; at most {MAX_QUERY_SENTENCES} are "
+                             "allowed in one request (send the rest in another request)")
         return value
 
 

@@ -2,7 +2,8 @@
 import pytest
 
 from knn.errors import QueryError
-from knn.query_request import DEFAULT_N_ITEMS, MAX_N_ITEMS, MAX_OFFSET, MAX_QUERIES, MAX_QUERY_CHARS, parse_request
+from knn.query_request import (DEFAULT_N_ITEMS, MAX_N_ITEMS, MAX_OFFSET, MAX_QUERIES, MAX_QUERY_CHARS,
+                               MAX_QUERY_SENTENCES, parse_request)
 
 
 def test_defaults_and_lists():
@@ -78,3 +79,16 @@ def test_invalid_filters_name_the_problem(payload, fragment):
     with pytest.raises(QueryError) as info:
         parse_request(payload)
     assert fragment in str(info.value)
+
+
+def test_sentence_cap_bounds_the_work_of_one_request():
+    at_cap = ["One sentence here."] * MAX_QUERIES
+    at_cap[0] = " ".join(["A kite flies."] * (MAX_QUERY_SENTENCES - MAX_QUERIES + 1))
+    assert len(parse_request({"query": at_cap}).query) == MAX_QUERIES
+    over = at_cap[:]
+    over[1] = "One sentence. And another."
+    with pytest.raises(QueryError, match=rf"has {MAX_QUERY_SENTENCES + 1} sentences in all; at most {MAX_QUERY_SENTENCES}"):
+        parse_request({"query": over})
+    # the biggest request the character limits allow (~1,300 sentences) is refused before any embedding
+    with pytest.raises(QueryError, match=f"at most {MAX_QUERY_SENTENCES}"):
+        parse_request({"query": ["Kite. " * (MAX_QUERY_CHARS // 6)] * MAX_QUERIES})

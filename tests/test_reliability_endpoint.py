@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from sagemaker.exceptions import UnexpectedStatusException
 
 from conftest import FIXTURES
-from knn.query_request import MAX_N_ITEMS, MAX_QUERIES, MAX_QUERY_CHARS
+from knn.query_request import MAX_N_ITEMS, MAX_QUERIES, MAX_QUERY_CHARS, MAX_QUERY_SENTENCES
 from local_runs import job, s3_server
 from local_runs.sim import registry
 
@@ -86,6 +86,13 @@ BAD_REQUESTS = [
     ("deep-nesting", b"[" * 100_000 + b"]" * 100_000, J, J, 400, "not valid JSON"),
     ("star-rating-range", _j({"query": "kite", "min_star_rating": 6}), J, J, 400, "min_star_rating"),
     ("offset-negative", _j({"query": "kite", "offset": -1}), J, J, 400, "offset"),
+    # work per request: sentences, not characters, cost CPU (each is embedded and searched)
+    ("too-many-query-sentences", _j({"query": ["A kite. " * 40] * 2}), J, J, 400,
+     f"at most {MAX_QUERY_SENTENCES} are allowed"),
+    ("max-work-request", _j({"query": ["Kite. " * 300] * MAX_QUERIES}), J, J, 400,
+     f"at most {MAX_QUERY_SENTENCES}"),
+    ("duplicate-query-key", b'{"query": "a kite", "query": "a doll"}', J, J, 400, "the key 'query' more than once"),
+    ("duplicate-nested-key", b'{"query": "kite", "n_items": 2, "n_items": 3}', J, J, 400, "'n_items' more than once"),
 ]
 
 

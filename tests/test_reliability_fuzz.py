@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from conftest import ROOT
-from knn.query_request import MAX_N_ITEMS, MAX_OFFSET, MAX_QUERIES, MAX_QUERY_CHARS, SearchRequest
+from knn.query_request import MAX_N_ITEMS, MAX_OFFSET, MAX_QUERIES, MAX_QUERY_CHARS, MAX_QUERY_SENTENCES, SearchRequest
 
 DOCUMENTED = {400, 406, 413, 415}
 JSON = "application/json"
@@ -146,3 +146,27 @@ def test_toolkit_decode_error_becomes_400():
     result = transformer.transform([{"body": bytearray(b'{"query": "\xff"}')}], context)
     assert context.status_code == 400
     assert json.loads(result[0])["error"]["message"].startswith("the body is not valid UTF-8")
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ('{"query": "a", "query": "b"}', "the key 'query' more than once"),
+    ('{"query": "kite", "offset": 1, "offset": 2}', "the key 'offset' more than once"),
+    ('{"query": "kite", "extra": {"x": 1, "x": 2}}', "the key 'x' more than once"),
+])
+def test_duplicate_keys_are_400_naming_the_key(body, fragment):
+    for form in (body, body.encode()):
+        with pytest.raises(GenericInferenceToolkitError) as info:
+            entry.input_fn(form, JSON)
+        assert info.value.status_code == 400 and fragment in info.value.message
+
+
+@settings(max_examples=30, deadline=None)
+@given(per_text=st.integers(1, 200), n_texts=st.integers(1, MAX_QUERIES))
+def test_sentence_cap_is_400_naming_the_limit(per_text, n_texts):
+    query = ["Kite. " * per_text] * n_texts
+    request = _call_input_fn(json.dumps({"query": query}), JSON)
+    total = per_text * n_texts
+    assert (request is not None) == (total <= MAX_QUERY_SENTENCES and len(query[0]) <= MAX_QUERY_CHARS)
+    if total > MAX_QUERY_SENTENCES and len(query[0]) <= MAX_QUERY_CHARS:
+        with pytest.raises(GenericInferenceToolkitError, match=f"at most {MAX_QUERY_SENTENCES} are allowed"):
+            entry.input_fn(json.dumps({"query": query}), JSON)
