@@ -95,7 +95,8 @@ def test_endpoint_server_contract(tmp_path):
     status, ctype, body = _post(port, json.dumps({"query": "hi"}))
     assert (status, ctype) == (200, "application/x-sim")  # (body, content_type) from output_fn
     out = json.loads(body)
-    assert out["query"] == "hi" and out["type"] == "str" and out["pid"] == record["pid"]
+    worker, = psutil.Process(record["pid"]).children()  # the model runs in the supervised worker
+    assert out["query"] == "hi" and out["type"] == "str" and out["pid"] == worker.pid
     status, _, body = _post(port, "a,b\n1,2\n", "text/csv")
     assert status == 200 and json.loads(body)["type"] == "str"
 

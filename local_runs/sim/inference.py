@@ -111,6 +111,9 @@ class Worker:
         self.handler_spec = handler_spec
         self._slots = threading.BoundedSemaphore(max(1, threads))
         self.service = None
+        # Told when a request starts and ends running (begin() -> token, end(token)): the endpoint's
+        # supervisor uses it to find a worker whose request runs past the model timeout.
+        self.tracker = None
 
     def initialize(self) -> None:
         requirements = Path(self.model_dir, "code", "requirements.txt")
@@ -129,11 +132,15 @@ class Worker:
         """Run one request: (status, content type, body, extra headers)."""
         with self._slots:
             context = Context(self.model_dir, headers)
+            token = self.tracker.begin() if self.tracker is not None else None
             try:
                 result = self.service.handle([{"body": bytearray(body)}], context)
             except Exception as exc:  # noqa: BLE001 - the container answers 500
                 logger.error("handler failed: %s", traceback.format_exc())
                 return 500, "text/plain", f"{exc}\n{traceback.format_exc()}".encode(), {}
+            finally:
+                if token is not None:
+                    self.tracker.end(token)
         status = context.status_code or 200
         payload = result[0] if isinstance(result, list) and result else result
         content_type = context.content_type or ("text/plain" if status >= 400 else "application/json")
