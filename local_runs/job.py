@@ -8,13 +8,13 @@ Nothing here knows which backend runs it: `backend` carries the session, role an
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from local_runs import resources
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCE_DIR = ROOT / "entry"
-DEPENDENCIES = [str(ROOT / "knn")]
+SOURCE_DIR = resources.entry_source_dir()  # entry/ (entry_point.py, requirements.txt)
+DEPENDENCIES = [str(resources.knn_dir())]  # knn/, shipped beside it
 ENTRY_POINT = "entry_point.py"
 
 

@@ -132,7 +132,7 @@ class LocalS3:
     def start(self) -> "LocalS3":
         from moto.server import ThreadedMotoServer
 
-        from local_runs.sim.netguard import require_local_environment
+        from local_runs.netguard import require_local_environment
 
         if self._set_environ:  # about to take over AWS_ENDPOINT_URL_S3: refuse a remote one, never ignore it
             require_local_environment()
@@ -202,7 +202,7 @@ def ensure_daemon(
 
     An existing daemon is reused as is (its bucket is created if missing).
     """
-    from local_runs.sim.netguard import require_local_environment
+    from local_runs.netguard import require_local_environment
 
     require_local_environment()  # the sim backend's first step: refuse remote AWS endpoints up front
     port_file = Path(port_file)

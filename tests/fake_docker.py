@@ -192,7 +192,7 @@ def activate(tmp_path, monkeypatch, bucket: str):
     import sagemaker.local
     import sagemaker.local.entities
 
-    from local_runs import docker_mode
+    from local_runs.backends import docker as docker_mode
     from local_runs.s3_server import LocalS3
 
     bin_dir, log_dir = Path(tmp_path) / "fake-bin", Path(tmp_path) / "fake-docker-log"

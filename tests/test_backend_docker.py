@@ -20,7 +20,8 @@ import yaml
 
 import fake_docker
 from conftest import ROOT
-from local_runs import docker_mode, job
+from local_runs import job
+from local_runs.backends import docker as docker_mode
 from local_runs.backends import DUMMY_ROLE, LOCAL_BUCKET, open_backend
 from local_runs.config import ConfigError, Settings
 

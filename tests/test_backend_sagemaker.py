@@ -188,7 +188,7 @@ def test_requests_and_delete_against_moto(dummy_aws_credentials, fast_waits, off
 def test_dry_run_records_every_request_and_sends_nothing(no_aws_credentials, offline):
     printed = []
     settings = cloud(dry_run=True)
-    from local_runs import dry_run
+    from local_runs.backends import dry_run
 
     with dry_run.open_backend(settings, ROLE, BUCKET, out=printed.append) as backend:
         dry = backend.extra["dry_run"]
@@ -289,7 +289,7 @@ def test_dry_run_delete_names_endpoint_config_and_model(no_aws_credentials, offl
 
 
 def test_dry_run_refuses_what_it_does_not_model(no_aws_credentials, offline):
-    from local_runs import dry_run
+    from local_runs.backends import dry_run
 
     with dry_run.open_backend(cloud(dry_run=True), ROLE, BUCKET, out=lambda _: None) as backend:
         with pytest.raises(dry_run.DryRunError, match="does not send sts:GetCallerIdentity"):
@@ -307,7 +307,8 @@ def test_dry_run_is_for_the_sagemaker_backend_only(backend, tmp_path, monkeypatc
 
 
 def test_dry_run_never_loads_the_users_credentials(monkeypatch, offline):
-    from local_runs import dry_run, s3_server
+    from local_runs import s3_server
+    from local_runs.backends import dry_run
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUSERSOWNKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "users-own-secret")

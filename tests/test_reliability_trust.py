@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from local_runs.sim.netguard import ENDPOINT_VARIABLES, NonLocalEndpointError, require_local_environment
+from local_runs.netguard import ENDPOINT_VARIABLES, NonLocalEndpointError, require_local_environment
 
 SOURCE_DIRS = ("knn", "entry", "local_runs")
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "joblib", "dill", "cloudpickle", "shelve", "marshal", "copyreg"}

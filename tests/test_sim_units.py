@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from local_runs import daemon, s3_server
 from local_runs.sim import registry
 from local_runs.sim.gateway import RuntimeGateway
-from local_runs.sim.netguard import NonLocalEndpointError, install_request_guard, is_loopback_url
+from local_runs.netguard import NonLocalEndpointError, install_request_guard, is_loopback_url
 from local_runs.sim.requirements import RequirementsNotSatisfied, ensure_satisfied, unsatisfied
 
 
@@ -224,7 +224,7 @@ def test_sdk_config_is_validated_once_and_invalid_configs_still_fail(monkeypatch
     import jsonschema
     import sagemaker.utils
 
-    from local_runs.sim import sdk_config
+    from local_runs import sdk_config
 
     calls = []
     monkeypatch.setattr(sagemaker.utils, "validate_sagemaker_config",

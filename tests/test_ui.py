@@ -9,7 +9,7 @@ import re
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from local_runs import ui
+from local_runs import http_base, ui
 from local_runs.cli import build_parser
 
 
@@ -309,7 +309,7 @@ def test_serve_until_interrupted_stops_on_ctrl_c(monkeypatch, capsys):
         assert self.server_address[0] == "127.0.0.1"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ui.ThreadingHTTPServer, "serve_forever", interrupted)
+    monkeypatch.setattr(http_base.Server, "serve_forever", interrupted)
     ui.serve_until_interrupted(Backend, "steps", after="stop the page and delete the endpoint")
     out = capsys.readouterr().out
     assert re.search(r"search page for endpoint steps: http://127\.0\.0\.1:\d+/", out)

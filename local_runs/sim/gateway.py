@@ -38,8 +38,8 @@ from urllib.parse import unquote
 
 from local_runs import daemon
 from local_runs.sim import registry
-from local_runs.sim.http_base import Handler, Server
-from local_runs.sim.netguard import is_loopback_host
+from local_runs.http_base import Handler, PayloadTooLarge, Server
+from local_runs.netguard import is_loopback_host
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
 INVOKE_TIMEOUT_ENV = "LOCAL_RUNS_SIM_INVOKE_TIMEOUT"
@@ -86,13 +86,16 @@ class _Handler(Handler):
             self._error(404, "UnknownOperationException", "Unknown operation")
 
     def do_POST(self):  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            self._drain(length)
+        try:
+            body = self.read_body(MAX_REQUEST_BYTES)
+        except PayloadTooLarge:
             self._send(413, "text/plain", f"HTTP content length exceeded {MAX_REQUEST_BYTES} bytes.".encode(),
                        close=True)
             return
-        body = self.rfile.read(length) if length else b""
+        except ValueError as exc:  # a Content-Length or chunk size that is not a number
+            self._error(400, "ValidationError", f"malformed request framing: {exc}")
+            self.close_connection = True
+            return
         match = _PATH_RE.match(self.path)
         if not match:
             self._error(404, "UnknownOperationException", "Unknown operation")
@@ -159,16 +162,6 @@ class _Handler(Handler):
     def _error(self, status: int, code: str, message: str) -> None:
         self._send(status, "application/json", json.dumps({"message": message}).encode(),
                    {"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazon.coral.validate/"})
-
-    def _drain(self, length: int) -> None:
-        remaining = min(length, 64 * 1024 * 1024)
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-        if length > 64 * 1024 * 1024:
-            self.close_connection = True
 
 
 class _Server(Server):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from local_runs.sim.netguard import require_loopback_url
+from local_runs.netguard import require_loopback_url
 
 
 class SimRuntimeClient:

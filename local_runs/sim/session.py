@@ -24,7 +24,7 @@ import datetime
 import os
 from pathlib import Path
 
-from local_runs.sim.netguard import no_instance_metadata  # noqa: E402
+from local_runs.netguard import no_instance_metadata  # noqa: E402
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # must precede `import sagemaker`
 
@@ -42,9 +42,9 @@ from local_runs import s3_server  # noqa: E402
 from local_runs.sim import endpoints, gateway, registry  # noqa: E402
 from local_runs.sim.container import SimContainer  # noqa: E402
 from local_runs.sim.entities import SimEndpoint, SimTrainingJob  # noqa: E402
-from local_runs.sim.netguard import install_request_guard, require_local_environment, require_loopback_url  # noqa: E402
+from local_runs.netguard import install_request_guard, require_local_environment, require_loopback_url  # noqa: E402
 from local_runs.sim.runtime import SimRuntimeClient  # noqa: E402
-from local_runs.sim.sdk_config import (  # noqa: E402
+from local_runs.sdk_config import (  # noqa: E402
     memoize_config_validation, quiet_sdk_environment, with_telemetry_opt_out)
 
 ENDPOINT_POLL_SECONDS = 0.05

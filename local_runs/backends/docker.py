@@ -4,7 +4,10 @@ Nothing of the SDK is replaced: it writes its docker-compose files and runs the 
 containers itself. This module only supplies what those containers need beside the SDK, checks
 it before anything starts, and says what is missing:
 
-* a Docker engine and Docker Compose v2 (the SDK runs every job as `docker compose up`);
+* a Docker engine and Docker Compose v2 or later (the SDK runs every job as `docker compose up`;
+  SDK 2.257.x accepts only a `docker compose version` that contains "v2", so Compose v5 would make
+  it fail: `accept_compose_v2_and_later` swaps that one check for one that reads the major version,
+  as SDK v3.21.0 does);
 * S3: the moto service of `docker-compose.yml`. The host reaches it at `settings.docker_s3_url`
   (`http://127.0.0.1:4566`, published on loopback only); containers reach it by its alias on the
   network `sagemaker-local` (the network every SDK compose file puts its containers on), as
@@ -35,16 +38,18 @@ chain (profile, SSO, environment); with no credentials the images must already b
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
+from local_runs import resources  # noqa: E402
+from local_runs.backends.base import DUMMY_ROLE, LOCAL_BUCKET, Backend, state_dir  # noqa: E402
 from local_runs.config import ConfigError, Settings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_FILE = resources.compose_file()
 S3_SERVICE = "s3"  # service name in docker-compose.yml
 S3_ALIAS = "local-runs-s3"  # its name on the network; no dot, so moto reads path-style bucket URLs
 S3_PORT = 4566  # the same port inside the network and on the host's loopback
@@ -98,14 +103,47 @@ def engine_problem() -> str | None:
     return None
 
 
-def compose_problem() -> str | None:
-    """None when Docker Compose v2 is available the way the SDK looks for it."""
+_COMPOSE_VERSION = re.compile(r"version\s+v?(\d+)\.", re.IGNORECASE)
+
+
+def compose_major_version(output: str) -> int | None:
+    """The major version in `docker compose version` output ("Docker Compose version v2.29.7" -> 2)."""
+    match = _COMPOSE_VERSION.search(output or "")
+    return int(match.group(1)) if match else None
+
+
+def compose_command() -> list[str] | None:
+    """How to run Docker Compose v2 or later: `docker compose`, else `docker-compose`; None if neither."""
     result = _docker("compose", "version")
-    if not isinstance(result, str) and result.returncode == 0 and "v2" in result.stdout:
-        return None
+    if not isinstance(result, str) and result.returncode == 0 and (compose_major_version(result.stdout) or 0) >= 2:
+        return ["docker", "compose"]
     if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def compose_problem() -> str | None:
+    """None when Docker Compose v2 or later is available."""
+    if compose_command() is not None:
         return None
-    return "Docker Compose v2 is not installed (`docker compose version` failed); see https://docs.docker.com/compose/install/"
+    return ("Docker Compose v2 or later is not installed (`docker compose version` failed); "
+            "see https://docs.docker.com/compose/install/")
+
+
+def _sdk_compose_cmd_prefix() -> list[str]:
+    command = compose_command()
+    if command is None:  # the SDK's own words for it
+        raise ImportError("Docker Compose is not installed. Local Mode features will not work without docker compose. "
+                          "For more information on how to install 'docker compose', please, see "
+                          "https://docs.docker.com/compose/install/")
+    return command
+
+
+def accept_compose_v2_and_later() -> None:
+    """Make the SDK's local mode accept any Docker Compose from v2 on (it looks for "v2" in the output)."""
+    from sagemaker.local.image import _SageMakerContainer
+
+    _SageMakerContainer._get_compose_cmd_prefix = staticmethod(_sdk_compose_cmd_prefix)
 
 
 def image_present(uri: str) -> bool:
@@ -215,10 +253,11 @@ def open_session(settings: Settings, state_dir: Path, bucket: str, check: bool =
     from sagemaker.config import load_sagemaker_config
     from sagemaker.local import LocalSession
 
-    from local_runs.sim.sdk_config import with_telemetry_opt_out
+    from local_runs.sdk_config import with_telemetry_opt_out
 
     check_instance_type(settings)
     images = preflight(settings) if check else image_uris(settings)
+    accept_compose_v2_and_later()
     boto = boto_session(settings.region, settings.docker_s3_url)
     sdk_config = load_sagemaker_config(s3_resource=boto.resource("s3"))
     session = LocalSession(boto_session=boto, s3_endpoint_url=settings.docker_s3_url, default_bucket=bucket,
@@ -230,3 +269,14 @@ def open_session(settings: Settings, state_dir: Path, bucket: str, check: bool =
         raise ConfigError(f"the docker backend's S3 at {settings.docker_s3_url} does not answer ({exc}); "
                           + START_HINT) from None
     return session, {"s3_url": settings.docker_s3_url, "container_s3_url": CONTAINER_S3_URL, "images": images}
+
+
+class DockerBackend(Backend):
+    """The SDK's own LocalSession; S3 from docker-compose.yml (see the module docstring)."""
+
+    name = "docker"
+
+    @classmethod
+    def open(cls, settings: Settings, persistent: bool = False) -> "DockerBackend":
+        session, extra = open_session(settings, state_dir(settings), LOCAL_BUCKET)
+        return cls(settings, session, DUMMY_ROLE, LOCAL_BUCKET, extra=extra)

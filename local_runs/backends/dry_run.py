@@ -23,7 +23,6 @@ SDK telemetry is switched off for the session (it would otherwise call an AWS UR
 from __future__ import annotations
 
 import copy
-import datetime
 import io
 import json
 import os
@@ -32,20 +31,16 @@ import tarfile
 from collections import Counter
 from urllib.parse import urlsplit
 
+from local_runs.backends.dry_run_state import DryRunError, FakeSageMaker, ValidationFailed
+from local_runs.backends.sagemaker import (PLACEHOLDER_BUCKET, PLACEHOLDER_ROLE, SageMakerBackend,
+                                          sagemaker_role_and_bucket)
+
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 PREFIX = "[dry run]"
 _PARAMS_KEY = "local_runs_dry_run_params"
 _PRINTED_S3 = {"PutObject", "CreateMultipartUpload", "CreateBucket", "DeleteObject", "DeleteObjects", "CopyObject"}
 _MUTATING = re.compile(r"^(Create|Delete|Update|Stop|Start|Add|Put|Invoke)")
-
-
-class DryRunError(RuntimeError):
-    """The dry run was asked to send something it does not model, or to a host off this machine."""
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _empty_tar_gz() -> bytes:
@@ -74,84 +69,6 @@ def _printable(params: dict, service: str, operation: str) -> dict:
         except (TypeError, ValueError):
             shown["Body"] = body
     return shown
-
-
-class FakeSageMaker:
-    """Plausible answers for the SageMaker operations the SDK's fit/deploy/predict/delete use."""
-
-    KINDS = {"TrainingJob": "training-job", "Model": "model", "EndpointConfig": "endpoint-config", "Endpoint": "endpoint"}
-
-    def __init__(self, region: str, account: str):
-        self.region, self.account = region, account
-        self.items: dict[str, dict[str, dict]] = {kind: {} for kind in self.KINDS}
-        self.notes: list[str] = []
-
-    def arn(self, kind: str, name: str) -> str:
-        return f"arn:aws:sagemaker:{self.region}:{self.account}:{self.KINDS[kind]}/{name.lower()}"
-
-    def __call__(self, operation: str, params: dict) -> dict:
-        match = re.match(r"^(Create|Describe|Delete)(TrainingJob|Model|EndpointConfig|Endpoint)$", operation)
-        if match:
-            verb, kind = match.groups()
-            return getattr(self, f"_{verb.lower()}")(kind, params[f"{kind}Name"], params)
-        if operation == "ListEndpoints":
-            return {"Endpoints": [self._describe("Endpoint", name, {}) for name in self.items["Endpoint"]]}
-        if operation in ("AddTags", "DeleteTags"):
-            return {"Tags": params.get("Tags", [])} if operation == "AddTags" else {}
-        if operation == "ListTags":
-            return {"Tags": []}
-        raise DryRunError(f"the dry run does not model sagemaker:{operation}")
-
-    def _create(self, kind: str, name: str, params: dict) -> dict:
-        if name in self.items[kind]:
-            raise _Validation(f"Cannot create already existing {self.KINDS[kind].replace('-', ' ')} \"{self.arn(kind, name)}\".")
-        self.items[kind][name] = {**params, "CreationTime": _now()}
-        return {f"{kind}Arn": self.arn(kind, name)}
-
-    def _delete(self, kind: str, name: str, params: dict) -> dict:
-        if self.items[kind].pop(name, None) is None and not self._assumed(kind, name):
-            raise _Validation(f"Could not find {self.KINDS[kind].replace('-', ' ')} \"{self.arn(kind, name)}\".")
-        return {}
-
-    def _assumed(self, kind: str, name: str) -> bool:
-        """Something made by an earlier run (this dry run has no memory of it): assume it exists."""
-        self.notes.append(f"{kind} {name} was not created in this dry run; answered as if it existed")
-        return True
-
-    def _describe(self, kind: str, name: str, params: dict) -> dict:
-        item = self.items[kind].get(name)
-        if item is None:
-            if kind in ("TrainingJob", "Model"):
-                raise _Validation(f"Could not find {self.KINDS[kind].replace('-', ' ')} \"{self.arn(kind, name)}\" "
-                                  "(this dry run did not create it).")
-            self._assumed(kind, name)
-            item = {"CreationTime": _now()}
-            if kind == "Endpoint":
-                item["EndpointConfigName"] = name  # what the SDK names it when deploy is given a name
-            else:
-                item["ProductionVariants"] = [{"VariantName": "AllTraffic", "ModelName": name}]
-        base = {k: v for k, v in item.items() if k != "Tags"}
-        base.update({f"{kind}Name": name, f"{kind}Arn": self.arn(kind, name), "LastModifiedTime": item["CreationTime"]})
-        if kind == "TrainingJob":
-            output = item["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-            base.update({
-                "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
-                "ModelArtifacts": {"S3ModelArtifacts": f"{output}/{name}/output/model.tar.gz"},
-                "TrainingStartTime": item["CreationTime"], "TrainingEndTime": item["CreationTime"],
-                "SecondaryStatusTransitions": [{"Status": "Completed", "StartTime": item["CreationTime"],
-                                                "StatusMessage": "dry run: nothing was trained"}],
-            })
-        elif kind == "Endpoint":
-            variants = self.items["EndpointConfig"].get(item["EndpointConfigName"], {}).get(
-                "ProductionVariants", [{"VariantName": "AllTraffic", "InitialInstanceCount": 1}])
-            base.update({"EndpointStatus": "InService", "ProductionVariants": [
-                {"VariantName": v.get("VariantName", "AllTraffic"), "CurrentInstanceCount": v.get("InitialInstanceCount", 1),
-                 "DesiredInstanceCount": v.get("InitialInstanceCount", 1)} for v in variants]})
-        return base
-
-
-class _Validation(Exception):
-    """A ValidationException, as SageMaker would answer it."""
 
 
 class DryRun:
@@ -203,7 +120,7 @@ class DryRun:
                 body = {"logStreams": [], "events": [], "nextForwardToken": "f/0", "nextBackwardToken": "b/0"}
             else:
                 raise DryRunError(f"the dry run does not send {service}:{operation} (it would go to AWS)")
-        except _Validation as exc:
+        except ValidationFailed as exc:
             status, body = 400, {"Error": {"Code": "ValidationException", "Message": str(exc)}}
         if _MUTATING.match(operation) and service in ("sagemaker", "sagemaker-runtime"):
             self._print_request(service, operation, params)
@@ -275,8 +192,6 @@ class DryRun:
 
 
 def banner(settings, role: str, bucket: str) -> str:
-    from local_runs.backends import PLACEHOLDER_BUCKET, PLACEHOLDER_ROLE
-
     lines = [f"{PREFIX} sagemaker backend, region {settings.region}, instance type {settings.resolved_instance_type}: "
              "requests are printed and answered here, never sent; S3 writes go to a throwaway local S3."]
     if role == PLACEHOLDER_ROLE:
@@ -315,13 +230,12 @@ def session_class():
     return _SESSION_CLASS
 
 
-def open_backend(settings, role: str, bucket: str, out=None):
-    """A sagemaker `Backend` whose session prints its requests instead of sending them."""
+def open_session(settings, role: str, bucket: str, out=None):
+    """A `sagemaker.Session` whose requests are printed, not sent; returns (session, DryRun, the local S3)."""
     from sagemaker.config import load_sagemaker_config
 
     from local_runs import s3_server
-    from local_runs.backends import Backend
-    from local_runs.sim.sdk_config import with_telemetry_opt_out
+    from local_runs.sdk_config import with_telemetry_opt_out
 
     out = out or (lambda text: print(text, flush=True))
     out(banner(settings, role, bucket))
@@ -335,4 +249,22 @@ def open_backend(settings, role: str, bucket: str, out=None):
     except BaseException:
         s3.stop()
         raise
-    return Backend(settings, session, role, bucket, closers=[s3.stop, dry.finish], extra={"dry_run": dry, "s3_url": s3.url})
+    return session, dry, s3
+
+
+class DryRunBackend(SageMakerBackend):
+    """The sagemaker backend with every request printed and answered here; nothing is sent, nothing trained."""
+
+    remembers_models = False
+
+    @classmethod
+    def open(cls, settings, persistent: bool = False, out=None) -> "DryRunBackend":
+        role, bucket = sagemaker_role_and_bucket(settings)
+        return open_backend(settings, role, bucket, out=out)
+
+
+def open_backend(settings, role: str, bucket: str, out=None) -> DryRunBackend:
+    """A dry-run backend for an already checked role and bucket (tests print into `out`)."""
+    session, dry, s3 = open_session(settings, role, bucket, out=out)
+    return DryRunBackend(settings, session, role, bucket, closers=[s3.stop, dry.finish],
+                         extra={"dry_run": dry, "s3_url": s3.url})

@@ -1,0 +1,219 @@
+"""What each `local-runs` command does, for any backend: the command line parses, this runs.
+
+Every backend difference is behind `local_runs.backends` (listing and deleting endpoints, checking a
+model before deploy, what stays running); the jobs are the user's script, `local_runs/job.py`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from local_runs import resources
+from local_runs.errors import UsageError
+from local_runs.results_table import format_results
+
+EXAMPLE_QUERIES = [
+    "My children liked it",
+    "a bath toy that floats",
+    "good for long car rides",
+]
+LAST_MODEL_FILE = "last_model.json"
+DEFAULT_ENDPOINT = "review-search"
+
+_interrupted = False
+
+
+def note_interrupt() -> None:
+    """Called by the command line's SIGINT handler (see `_fit`)."""
+    global _interrupted
+    _interrupted = True
+
+
+def _fit(backend, train_uri: str, hyperparameters: dict):
+    """job.fit, but Ctrl-C stays Ctrl-C.
+
+    The SDK v2 wraps Estimator.fit in a telemetry decorator whose `finally: return` swallows a
+    KeyboardInterrupt: fit would return as if it had finished. Re-raise it here.
+    """
+    from local_runs import job
+
+    global _interrupted
+    _interrupted = False
+    estimator = job.fit(backend, train_uri, hyperparameters)
+    if _interrupted:
+        raise KeyboardInterrupt
+    return estimator
+
+
+@contextmanager
+def _phase(name: str, timings: dict):
+    start = time.perf_counter()
+    print(f"==> {name}", flush=True)
+    yield
+    timings[name] = time.perf_counter() - start
+    print(f"<== {name}: {timings[name]:.1f} s", flush=True)
+
+
+def _state_file(settings, name: str) -> Path:
+    from local_runs.backends import state_dir
+
+    return state_dir(settings) / name
+
+
+def _remember_model(settings, backend_name: str, model_data: str, job_name: str) -> None:
+    from local_runs.daemon import write_json_atomic
+
+    # atomic (temp + rename): an interrupted fit never leaves a half-written pointer behind
+    write_json_atomic(_state_file(settings, LAST_MODEL_FILE),
+                      {"backend": backend_name, "model_data": model_data, "job_name": job_name})
+
+
+def _last_model(settings) -> dict:
+    path = _state_file(settings, LAST_MODEL_FILE)
+    if not path.is_file():
+        raise UsageError("no trained model yet: run `local-runs fit` first, or pass --model-data s3://.../model.tar.gz")
+    return json.loads(path.read_text())
+
+
+def _hyperparameters(args) -> dict:
+    return {"index-kind": args.index_kind} if getattr(args, "index_kind", None) else {}
+
+
+def _reviews_path(args) -> Path:
+    path = Path(args.reviews) if args.reviews else resources.fixture_reviews()
+    if not path.is_file():
+        raise UsageError(f"reviews file {path} does not exist; pass --reviews PATH to a reviews CSV/TSV")
+    return path
+
+
+def cmd_cycle(settings, args) -> int:
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    reviews = _reviews_path(args)
+    queries = args.query or EXAMPLE_QUERIES
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    with open_backend(settings) as backend:
+        print(f"backend: {backend.name} (instance type {backend.instance_type})")
+        with _phase("upload", timings):
+            train_uri = backend.upload(reviews)
+            print(f"training data: {train_uri}")
+        with _phase("fit", timings):
+            estimator = _fit(backend, train_uri, _hyperparameters(args))
+            print(f"model: {estimator.model_data}")
+        with _phase("deploy", timings):
+            predictor = job.deploy(estimator, backend)
+        try:
+            with _phase("predict", timings):
+                for query in queries:
+                    print(format_results(query, job.predict(predictor, query, n_items=args.n_items)))
+            if args.ui:  # the page stays up until Ctrl-C; the endpoint is deleted after it
+                from local_runs.ui import serve_until_interrupted
+
+                with _phase("search page", timings):
+                    serve_until_interrupted(backend, predictor.endpoint_name, port=args.ui_port,
+                                            open_browser=args.open, after="stop the page and delete the endpoint")
+        finally:
+            with _phase("delete", timings):
+                predictor.delete_model()  # first: it looks the model up through the endpoint config
+                predictor.delete_endpoint(delete_endpoint_config=True)
+    total = time.perf_counter() - start
+    print("\ncycle: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {total:.1f} s")
+    return 0
+
+
+def cmd_fit(settings, args) -> int:
+    from local_runs.backends import open_backend
+
+    reviews = _reviews_path(args)
+    with open_backend(settings, persistent=True) as backend:
+        train_uri = backend.upload(reviews)
+        estimator = _fit(backend, train_uri, _hyperparameters(args))
+        if not backend.remembers_models:  # a dry run trained nothing: remember nothing
+            print(f"model (dry run, not trained): {estimator.model_data}")
+            return 0
+        _remember_model(settings, backend.name, estimator.model_data, estimator.latest_training_job.name)
+        print(f"model: {estimator.model_data}\nnext: local-runs deploy")
+    return 0
+
+
+def cmd_deploy(settings, args) -> int:
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    model_data = args.model_data or _last_model(settings)["model_data"]
+    with open_backend(settings, persistent=True) as backend:
+        backend.check_model(model_data)
+        print(f"deploying {model_data} as endpoint {args.name}: waiting for the model to load and answer /ping",
+              flush=True)
+        predictor = job.deploy(job.make_model(backend, model_data), backend, endpoint_name=args.name)
+        print(f"endpoint {predictor.endpoint_name} is in service\n"
+              f"next: local-runs predict \"my kids loved it\" --endpoint {predictor.endpoint_name}")
+        if args.ui:  # Ctrl-C stops the page; the endpoint keeps running
+            from local_runs.ui import serve_until_interrupted
+
+            serve_until_interrupted(backend, predictor.endpoint_name, port=args.ui_port, open_browser=args.open,
+                                    after=f"stop the page (endpoint {predictor.endpoint_name} keeps running)")
+    return 0
+
+
+def cmd_predict(settings, args) -> int:
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    filters = {k: v for k, v in (("min_star_rating", args.min_star_rating), ("offset", args.offset)) if v is not None}
+    with open_backend(settings, persistent=True) as backend:
+        predictor = job.predictor_for(backend, args.endpoint)
+        query = args.query if len(args.query) > 1 else args.query[0]
+        response = job.predict(predictor, query, n_items=args.n_items, **filters)
+    print(json.dumps(response, indent=1, ensure_ascii=False) if args.json else format_results(query, response))
+    return 0
+
+
+def cmd_delete(settings, args) -> int:
+    from local_runs.backends import open_backend
+
+    with open_backend(settings, persistent=True) as backend:
+        names = backend.endpoints_to_delete_all() if args.all else [args.endpoint]
+        if args.all and not names:
+            print("no endpoints to delete")
+        for name in names:
+            for line in backend.delete_endpoint(name):
+                print(line)
+    return 0
+
+
+def cmd_endpoints(settings, args) -> int:
+    from local_runs.backends import open_backend
+
+    with open_backend(settings, persistent=True) as backend:
+        found = backend.list_endpoints()
+    if not found:
+        print("no endpoints")
+        return 0
+    print(f"{'NAME':<32} {'STATUS':<12} URL")
+    for e in found:
+        print(f"{e['name']:<32} {e.get('status', '?'):<12} {e.get('url', '')}".rstrip())
+        if e.get("status") == "Failed" and e.get("failure_reason"):
+            print(f"  {' '.join(str(e['failure_reason']).splitlines()[:1])[:300]}")
+    return 0
+
+
+def cmd_ui(settings, args) -> int:
+    from local_runs.backends import open_backend
+    from local_runs.ui import serve_until_interrupted
+
+    with open_backend(settings, persistent=True) as backend:
+        serve_until_interrupted(backend, args.endpoint, port=args.port, open_browser=args.open)
+    return 0
+
+
+def cmd_shutdown(settings, args) -> int:
+    from local_runs.backends import backend_class
+
+    for line in backend_class(settings).shutdown(settings, purge=args.purge):
+        print(line)
+    return 0
