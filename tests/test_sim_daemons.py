@@ -130,3 +130,74 @@ def test_concurrent_ensure_starts_one_daemon(tmp_path):
     finally:
         gateway.stop_daemon(port_file)
     assert not psutil.pid_exists(pids[0])
+
+
+def test_s3_daemon_keeps_objects_on_disk_across_kill_and_restart(tmp_path):
+    """What the S3 daemon acknowledged survives kill -9 and a new daemon; a delete does too; purge empties it."""
+    import signal
+
+    from boto3.s3.transfer import TransferConfig
+
+    state = tmp_path / "state"
+    port_file = state / "s3.json"
+    info = s3_server.ensure_daemon(port_file, bucket=BUCKET)
+    client = s3_server.boto_session().client("s3", endpoint_url=info["url"])
+    big = os.urandom(6 * 1024 * 1024)  # a multipart upload (5 MiB parts)
+    (tmp_path / "big.bin").write_bytes(big)
+    client.upload_file(str(tmp_path / "big.bin"), BUCKET, "model/model.tar.gz",
+                       Config=TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024))
+    client.put_object(Bucket=BUCKET, Key="data/ünïcode key.csv", Body=b"a,b\n1,2\n", ContentType="text/csv",
+                      Metadata={"origin": "test"})
+    client.put_object(Bucket=BUCKET, Key="to-delete", Body=b"x")
+    client.copy_object(Bucket=BUCKET, Key="copy/of.csv", CopySource={"Bucket": BUCKET, "Key": "data/ünïcode key.csv"})
+    client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "to-delete"}]})
+    client.create_bucket(Bucket="second-bucket")
+    client.put_object(Bucket="second-bucket", Key="k", Body=b"v")
+    store = s3_server.store_dir(state)
+    assert sorted(p.name for p in store.iterdir()) == sorted([BUCKET, "second-bucket"])
+    assert not list(store.rglob("*.tmp"))
+
+    os.kill(info["pid"], signal.SIGKILL)  # no clean shutdown
+    try:
+        psutil.wait_procs([psutil.Process(info["pid"])], timeout=10)
+    except psutil.NoSuchProcess:
+        pass
+    again = s3_server.ensure_daemon(port_file, bucket=BUCKET)
+    try:
+        assert again["pid"] != info["pid"]
+        client = s3_server.boto_session().client("s3", endpoint_url=again["url"])
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"])
+        assert keys == ["copy/of.csv", "data/ünïcode key.csv", "model/model.tar.gz"]
+        assert client.get_object(Bucket=BUCKET, Key="model/model.tar.gz")["Body"].read() == big
+        csv = client.get_object(Bucket=BUCKET, Key="data/ünïcode key.csv")
+        assert csv["Body"].read() == b"a,b\n1,2\n" and csv["ContentType"] == "text/csv"
+        assert csv["Metadata"] == {"origin": "test"}
+        assert client.get_object(Bucket="second-bucket", Key="k")["Body"].read() == b"v"
+        client.delete_object(Bucket="second-bucket", Key="k")
+        client.delete_bucket(Bucket="second-bucket")
+        assert sorted(p.name for p in store.iterdir()) == [BUCKET]
+        log = (state / "s3.log").read_text()
+        assert "(4 loaded)" in log
+    finally:
+        assert s3_server.stop_daemon(port_file)  # a clean stop keeps them too
+    assert s3_server.purge(state) and not store.exists() and not s3_server.purge(state)
+    fresh = s3_server.ensure_daemon(port_file, bucket=BUCKET)
+    try:
+        client = s3_server.boto_session().client("s3", endpoint_url=fresh["url"])
+        assert client.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    finally:
+        s3_server.stop_daemon(port_file)
+
+
+def test_disk_store_never_shows_a_cut_off_object(tmp_path):
+    """A write killed half-way leaves only a temp file, which the next load removes; an object
+    whose size does not match its header is skipped, not served cut off."""
+    store = s3_server.DiskStore(tmp_path / "s3")
+    store.put_bucket("b", "us-east-1")
+    store.put_object("b", "good", b"12345", "text/plain", {}, '"etag"')
+    (tmp_path / "s3" / "b" / ".abc.obj.1.2.tmp").write_bytes(b'{"key": "half"}\n12')
+    cut = store._object_path("b", "cut")
+    cut.write_bytes(json.dumps({"key": "cut", "size": 10}).encode() + b"\n12345")
+    objects = list(store.objects("b"))
+    assert [(h["key"], body) for h, body in objects] == [("good", b"12345")]
+    assert not list((tmp_path / "s3" / "b").glob("*.tmp"))
