@@ -344,7 +344,9 @@ def build_index(vectors: np.ndarray, kind: str = "auto", **graph_options) -> Vec
     chosen = choose_kind(kind, len(vectors))
     if chosen == "exact":
         return ExactIndex(vectors)
-    log.info("building a pynndescent graph over %d vectors", len(vectors))
+    log.info("building a pynndescent graph over %d vectors: the longest step of a fit (measured on 2 cores: "
+             "~30 s at 27k vectors, ~6.5 min at 1M; a machine's first build also compiles numba code, ~20 s)",
+             len(vectors))
     return GraphIndex.build(vectors, **graph_options)
 
 

@@ -147,8 +147,8 @@ def cmd_deploy(settings, args) -> int:
     model_data = args.model_data or _last_model(settings)["model_data"]
     with open_backend(settings, persistent=True) as backend:
         backend.check_model(model_data)
-        print(f"deploying {model_data} as endpoint {args.name}: waiting for the model to load and answer /ping",
-              flush=True)
+        print(f"deploying {model_data} as endpoint {args.name}: waiting until the model is loaded and answers "
+              f"/ping ({backend.endpoint_log_hint(args.name)})", flush=True)
         predictor = job.deploy(job.make_model(backend, model_data), backend, endpoint_name=args.name)
         print(f"endpoint {predictor.endpoint_name} is in service\n"
               f"next: local-runs predict \"my kids loved it\" --endpoint {predictor.endpoint_name}")

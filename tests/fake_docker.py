@@ -13,7 +13,8 @@ files, the backend's config -- runs for real:
 
 Every call is logged as JSON lines in `$FAKE_DOCKER_LOG/calls.jsonl`, compose runs as
 `$FAKE_DOCKER_LOG/<train|serve>-<n>.json`. `FAKE_DOCKER_ENGINE=down` makes it behave like a CLI
-whose engine does not answer; `FAKE_DOCKER_IMAGES=missing` like one without the AWS images.
+whose engine does not answer; `FAKE_DOCKER_IMAGES=missing` like one without the AWS images;
+`FAKE_DOCKER_COMPOSE_VERSION` is what `docker compose version` prints (default: v2.29.7).
 """
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def compose_up(path):
 
 
 if args[:2] == ["compose", "version"]:
-    print("Docker Compose version v2.29.7")
+    print(os.environ.get("FAKE_DOCKER_COMPOSE_VERSION", "Docker Compose version v2.29.7"))
 elif args[:1] == ["info"]:
     engine_down()
     print("28.2.2" if "--format" in args else "Server Version: 28.2.2\n Cgroup Driver: systemd")

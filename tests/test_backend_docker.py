@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from urllib.parse import urlsplit
@@ -176,7 +177,9 @@ def faked(tmp_path, monkeypatch):
     s3.stop()
 
 
-def test_job_runs_through_the_sdks_local_mode(faked, tmp_path):
+@pytest.mark.parametrize("compose_version", ["Docker Compose version v2.29.7", "Docker Compose version v5.0.2"])
+def test_job_runs_through_the_sdks_local_mode(faked, tmp_path, monkeypatch, compose_version):
+    monkeypatch.setenv("FAKE_DOCKER_COMPOSE_VERSION", compose_version)
     log_dir, s3, port = faked
     state = tmp_path / "state"
     settings = Settings(backend="docker", docker_s3_url=s3.url, state_dir=str(state))
@@ -227,6 +230,33 @@ def test_job_runs_through_the_sdks_local_mode(faked, tmp_path):
     assert not [c for c in calls if c[0] in ("pull", "login")]
     ups = [c for c in calls if c[0] == "compose" and "up" in c]
     assert len(ups) == 2 and "--abort-on-container-exit" in ups[0]
+
+
+@pytest.mark.parametrize("output, major", [("Docker Compose version v2.29.7", 2), ("Docker Compose version v5.0.2", 5),
+                                           ("Docker Compose version 2.20.2+ds1-0ubuntu1", 2), ("nonsense", None)])
+def test_compose_major_version(output, major):
+    assert docker_mode.compose_major_version(output) == major
+
+
+def test_compose_v5_is_refused_by_the_sdk_alone_and_accepted_with_the_backend(faked, monkeypatch):
+    from sagemaker.local.image import _SageMakerContainer
+
+    monkeypatch.setenv("FAKE_DOCKER_COMPOSE_VERSION", "Docker Compose version v5.0.2")
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None if name == "docker-compose" else original_which(name))
+    docker_mode.accept_compose_v2_and_later()
+    sdk_check = _SageMakerContainer.__dict__["_sdk_get_compose_cmd_prefix"]
+    assert sdk_check.__func__.__module__ == "sagemaker.local.image"
+    with pytest.raises(ImportError, match="Docker Compose is not installed"):
+        sdk_check.__func__()  # the SDK's own check refuses Compose v5
+    assert _SageMakerContainer._get_compose_cmd_prefix() == ["docker", "compose"]
+    assert docker_mode.compose_problem() is None
+    monkeypatch.setenv("FAKE_DOCKER_COMPOSE_VERSION", "Docker Compose version v1.29.2")
+    with pytest.raises(ImportError, match="Docker Compose is not installed"):
+        _SageMakerContainer._get_compose_cmd_prefix()
+    assert "v2 or later is not installed" in docker_mode.compose_problem()
+
+
+original_which = shutil.which
 
 
 # --- with a real Docker engine --------------------------------------------------------------------

@@ -53,3 +53,105 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+# --- command-line conventions ----------------------------------------------------------------------
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("local-runs ") and out.split()[1][0].isdigit(), out
+
+
+def test_every_option_has_help():
+    from local_runs.cli import build_parser
+
+    parser = build_parser()
+    missing = [f"{name}: {'/'.join(a.option_strings) or a.dest}"
+               for name, p in [("local-runs", parser), *_subparsers(parser).items()]
+               for a in p._actions if not a.help and a.dest not in ("command",)]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("argv", [
+    ["--debug", "--backend", "sagemaker", "--region", "eu-west-1", "predict", "a query"],
+    ["predict", "--debug", "--backend", "sagemaker", "--region", "eu-west-1", "a query"],
+    ["--backend", "sim", "predict", "a query", "--debug", "--backend", "sagemaker", "--region", "eu-west-1"],
+])
+def test_global_options_before_or_after_the_command(argv):
+    from local_runs.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.debug, args.backend, args.region, args.query) == (True, "sagemaker", "eu-west-1", ["a query"])
+
+
+def test_global_options_default_when_not_given():
+    from local_runs.cli import build_parser
+
+    args = build_parser().parse_args(["endpoints"])
+    assert (args.debug, args.backend, args.region, args.dry_run, args.state_dir) == (False, None, None, False, None)
+
+
+def test_region_reaches_the_backend(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["endpoints", "--backend", "sagemaker", "--dry-run", "--region", "eu-west-1"]) == 0
+    out = capsys.readouterr().out
+    assert "[dry run] sagemaker backend, region eu-west-1" in out and "no endpoints" in out
+
+
+def test_endpoints_prints_a_header_row(monkeypatch, capsys, tmp_path):
+    from local_runs import backends, commands
+
+    class Listing:
+        name = "sim"
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def list_endpoints(self):
+            return [{"name": "review-search", "status": "InService", "url": "http://127.0.0.1:1234"},
+                    {"name": "broken", "status": "Failed", "failure_reason": "the model did not load\nmore"}]
+
+    monkeypatch.setattr(backends, "open_backend", lambda settings, persistent=False: Listing())
+    assert main(["--state-dir", str(tmp_path), "endpoints"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "URL"]
+    assert lines[1].split() == ["review-search", "InService", "http://127.0.0.1:1234"]
+    assert lines[2].split()[:2] == ["broken", "Failed"] and lines[3].strip() == "the model did not load"
+    assert lines[0].index("STATUS") == lines[1].index("InService")
+
+
+def test_predict_table_stays_aligned_with_wide_characters():
+    from local_runs.results_table import display_width
+
+    response = {
+        "pred0": {"product_title": "木製の汽車セット 🚂 デラックス版 (子供用) 木製の汽車セット", "star_rating": 5,
+                  "product_search_score": 0.9, "matched_sentence": "子供が大好きです。"},
+        "pred1": {"product_title": "Plain wooden train", "star_rating": 4, "product_search_score": 0.8,
+                  "matched_sentence": "My kids love it."},
+        "pred2": {"product_title": "Cafe\u0301 play set", "star_rating": 3, "product_search_score": 0.7,
+                  "matched_sentence": "x" * 200},
+    }
+    lines = format_results("kids", response).splitlines()[3:]
+    starts = []
+    for line, item in zip(lines, response.values()):
+        sentence_start = line.index(item["matched_sentence"][:5])
+        starts.append(display_width(line[:sentence_start]))
+    assert len(set(starts)) == 1, lines  # the sentence column starts at the same screen column
+    assert "…" in lines[0] and lines[2].endswith("…")

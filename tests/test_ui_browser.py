@@ -286,7 +286,8 @@ def test_cycle_ui_keeps_the_endpoint_until_ctrl_c(tmp_path):
     try:
         url = cycle.wait_for(r"search page for endpoint \S+: (http://127\.0\.0\.1:\d+/)", timeout=600).group(1)
         cycle.wait_for(r"press Ctrl-C to stop the page and delete the endpoint", timeout=10)
-        time.sleep(1)  # the page stays up: the cycle waits, the endpoint still answers
+        # the page stays up: the cycle waits (still running, not deleting), the endpoint still answers
+        assert cycle.popen.poll() is None and "==> delete" not in cycle.text
         request = urllib.request.Request(url + "api/search", method="POST", headers={"Content-Type": "application/json"},
                                          data=json.dumps({"query": QUERIES[0]["query"], "n_items": 2}).encode())
         with urllib.request.urlopen(request, timeout=60) as response:

@@ -70,6 +70,10 @@ class Backend:
     def check_model(self, model_data: str) -> None:
         """Before deploy: raise UsageError when the model cannot be reached. Default: the service decides."""
 
+    def endpoint_log_hint(self, name: str) -> str:
+        """Where the serving log of endpoint `name` can be read, for messages while it starts."""
+        return f"CloudWatch log group /aws/sagemaker/Endpoints/{name}"
+
     def list_endpoints(self) -> list[dict]:
         """Endpoints as `{"name", "status"}` (plus `url`, `failure_reason` where known)."""
         client = self.session.sagemaker_client

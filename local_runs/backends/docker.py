@@ -143,6 +143,8 @@ def accept_compose_v2_and_later() -> None:
     """Make the SDK's local mode accept any Docker Compose from v2 on (it looks for "v2" in the output)."""
     from sagemaker.local.image import _SageMakerContainer
 
+    if "_sdk_get_compose_cmd_prefix" not in _SageMakerContainer.__dict__:  # keep the SDK's own, once
+        _SageMakerContainer._sdk_get_compose_cmd_prefix = _SageMakerContainer.__dict__["_get_compose_cmd_prefix"]
     _SageMakerContainer._get_compose_cmd_prefix = staticmethod(_sdk_compose_cmd_prefix)
 
 
@@ -280,3 +282,6 @@ class DockerBackend(Backend):
     def open(cls, settings: Settings, persistent: bool = False) -> "DockerBackend":
         session, extra = open_session(settings, state_dir(settings), LOCAL_BUCKET)
         return cls(settings, session, DUMMY_ROLE, LOCAL_BUCKET, extra=extra)
+
+    def endpoint_log_hint(self, name: str) -> str:
+        return "the container's output follows here (docker compose logs)"

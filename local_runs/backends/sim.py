@@ -58,6 +58,11 @@ class SimBackend(Backend):
                              "S3 no longer holds it (its data was removed since that fit); run `local-runs fit` "
                              "again") from None
 
+    def endpoint_log_hint(self, name: str) -> str:
+        from local_runs.sim import registry
+
+        return f"its log: {registry.log_path(self.session.state_dir, name)}"
+
     def list_endpoints(self) -> list[dict]:
         from local_runs.sim.endpoints import list_endpoints
 
