@@ -155,3 +155,30 @@ def test_predict_table_stays_aligned_with_wide_characters():
         starts.append(display_width(line[:sentence_start]))
     assert len(set(starts)) == 1, lines  # the sentence column starts at the same screen column
     assert "…" in lines[0] and lines[2].endswith("…")
+
+
+def test_shutdown_keeps_the_s3_data_and_purge_removes_it(tmp_path, capsys):
+    from local_runs import s3_server
+
+    state = tmp_path / "state"
+    state.mkdir()
+    info = s3_server.ensure_daemon(state / "s3.json", bucket="review-search-local")
+    s3_server.boto_session(s3_url=info["url"]).client("s3", endpoint_url=info["url"]).put_object(
+        Bucket="review-search-local", Key="model.tar.gz", Body=b"a model")
+    assert main(["shutdown", "--state-dir", str(state)]) == 0
+    assert "S3 server stopped (its objects stay in" in capsys.readouterr().out
+    assert any(s3_server.store_dir(state).rglob("*.obj"))
+
+    info = s3_server.ensure_daemon(state / "s3.json", bucket="review-search-local")  # a new daemon has it back
+    body = s3_server.boto_session(s3_url=info["url"]).client("s3", endpoint_url=info["url"]).get_object(
+        Bucket="review-search-local", Key="model.tar.gz")["Body"].read()
+    assert body == b"a model"
+    assert main(["shutdown", "--purge", "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "S3 server stopped" in out and "S3 data removed" in out
+    assert not s3_server.store_dir(state).exists()
+
+
+def test_shutdown_is_for_sim_only(capsys):
+    assert main(["shutdown", "--backend", "sagemaker", "--dry-run"]) == 1
+    assert "shutdown stops the sim backend's local services" in capsys.readouterr().err

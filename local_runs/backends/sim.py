@@ -82,8 +82,8 @@ class SimBackend(Backend):
         if gateway.stop_daemon(directory / GATEWAY_PORT_FILE):
             done.append("runtime gateway stopped")
         if s3_server.stop_daemon(directory / S3_PORT_FILE):
-            done.append("S3 server stopped")
-        purge_data = getattr(s3_server, "purge", None)
-        if purge and purge_data is not None:
-            done.extend(purge_data(directory) or [])
+            done.append(f"S3 server stopped (its objects stay in {s3_server.store_dir(directory)})")
+        if purge:
+            removed = s3_server.purge(directory)
+            done.append(f"S3 data {'removed' if removed else 'was already empty'}: every fitted model is gone")
         return done
