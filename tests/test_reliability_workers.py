@@ -33,6 +33,8 @@ INFERENCE = textwrap.dedent('''
         return json.loads(body)
 
     def predict_fn(data, model):
+        if data.get("mark"):
+            open(data["mark"], "w").close()  # tells the test the request is running
         time.sleep(float(data.get("sleep", 0)))
         return {"pid": model["pid"], "i": data.get("i")}
 
@@ -152,6 +154,7 @@ def test_sigstop_worker_times_out_and_is_replaced(tmp_path):
     assert registry.read(state, name)["model_timeout"] == timeout
     stuck, = worker_pids(state, name)
     outcome: dict = {}
+    entered = tmp_path / "entered"
     with RuntimeGateway(state, invoke_timeout=timeout) as gateway:
         client = runtime_client(gateway)
         assert invoke(client, name, {"i": 0})["pid"] == stuck
@@ -159,14 +162,14 @@ def test_sigstop_worker_times_out_and_is_replaced(tmp_path):
         def slow_request():
             t0 = time.monotonic()
             try:
-                outcome["answer"] = invoke(client, name, {"i": 1, "sleep": 1.0})
+                outcome["answer"] = invoke(client, name, {"i": 1, "sleep": 1.0, "mark": str(entered)})
             except ClientError as exc:
                 outcome["error"] = exc
             outcome["seconds"] = time.monotonic() - t0
 
         thread = threading.Thread(target=slow_request)
         thread.start()
-        time.sleep(0.3)  # the request is inside predict_fn (it sleeps 1 s there)
+        wait_for(entered.exists, 10, "the request to be inside predict_fn (it sleeps 1 s there)")
         os.kill(stuck, signal.SIGSTOP)
         statuses = set()
         wait_for(lambda: statuses.add(registry.read(state, name)["status"])
