@@ -14,18 +14,15 @@ Targets: 1 client p50 <= 10 ms and p99 <= 30 ms; 4 clients >= 100 requests/s wit
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from common import TOYS_10K, WORK_DIR, percentiles, report, target, toys_model_dir
-
-HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+from load_client import expect_products, run_load
 
 
 def distinct_queries(reviews: str | Path, count: int = 400) -> list[str]:
@@ -46,42 +43,13 @@ def distinct_queries(reviews: str | Path, count: int = 400) -> list[str]:
 
 
 def run_clients(port: int, queries: list[str], clients: int, requests: int) -> dict:
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
+    def request(number: int, i: int):
+        return {"query": queries[(number * requests + i) % len(queries)]}, expect_products
 
-    def client(number: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        mine, bad = [], []
-        for i in range(requests):
-            query = queries[(number * requests + i) % len(queries)]
-            started = time.perf_counter()
-            try:
-                conn.request("POST", "/invocations", body=json.dumps({"query": query}), headers=HEADERS)
-                response = conn.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                bad.append(f"{type(exc).__name__}: {exc}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                continue
-            mine.append(time.perf_counter() - started)
-            if response.status != 200 or "pred0" not in json.loads(payload):
-                bad.append(f"HTTP {response.status}: {payload[:200]!r}")
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            errors.extend(bad)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    return {"clients": clients, "requests": clients * requests, "errors": len(errors), "first_errors": errors[:3],
-            **percentiles(latencies), "requests_per_s": round(len(latencies) / elapsed, 1)}
+    result = run_load(port, clients, requests, request)
+    return {"clients": clients, "requests": result.requests, "errors": len(result.errors),
+            "first_errors": result.errors[:3], **percentiles(result.latencies),
+            "requests_per_s": round(result.requests_per_s, 1)}
 
 
 def run_runtime_api(runtime, endpoint: str, queries: list[str], requests: int) -> dict:
