@@ -16,8 +16,8 @@ bench/eval/toys_queries.json: 52 queries on toys-10k; full tables in bench/eval/
    no review has included), capped at 1: the rarity-weighted share of the query's words that a
    review, or one of its sentences, contains. A product takes its best review or passage.
 5. Score = dense + 0.5 x lexical (`product_search_score`). Ties are broken by product id. The
-   matched sentence is the product's best passage; when that is a headline, the shown sentence is
-   the best body sentence of the same review (the headline is in `review_headline`).
+   matched sentence is the product's best passage, and `matched_field` says whether it is a body
+   sentence ("body") or the review's headline ("headline").
 Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
 `offset` skips that many products of the same ranking (pagination).
 
@@ -45,6 +45,7 @@ Why (toys-10k, exhaustive scoring; recall@10 / MRR@10; the seed's ranking 0.611 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -59,7 +60,7 @@ from knn.sentences import split_sentences
 CANDIDATES_PER_SENTENCE = 64
 RESULT_FIELDS = (
     "review_id", "product_id", "product_title", "star_rating", "review_headline", "review_body",
-    "product_search_score", "matched_sentence",
+    "product_search_score", "matched_sentence", "matched_field",
 )
 
 
@@ -72,6 +73,10 @@ class Ranking:
     short_words: int = 3  # passages with at most this many words ...
     short_weight: float = 0.8  # ... have their similarity multiplied by this
     headlines: bool = True  # review headlines are passages too
+    negation_penalty: float = 0.0  # subtracted from a passage's similarity when it and the query sentence disagree on negation
+    review_weight: float = 0.0  # x similarity of the whole review (mean of its passage vectors), added per review
+    second_weight: float = 0.0  # x the product's second-best review (another review saying it too), added
+    window_weight: float = 0.0  # two adjacent body sentences as one more passage (sum of their vectors), x this
 
     def __post_init__(self):
         if self.lexical_norm not in ("coverage", "max"):
@@ -110,6 +115,23 @@ class Corpus:
     passage_lexical: LexicalIndex | None = None  # BM25 over passages: sentences rows, then headlines rows
 
 
+# Negation cues ("never leaks" must not match "it leaks" as well as "it doesn't leak"); the
+# apostrophe-less spellings are common in reviews.
+NEGATION = re.compile(
+    r"\b(?:not|no|never|none|nothing|nobody|nowhere|neither|nor|without|cannot|"
+    r"(?:do|does|did|is|was|are|were|has|have|had|would|could|should|ca|wo|ai|must|need)n[’']?t|"
+    r"cant|wont|dont|doesnt|didnt|isnt|wasnt|arent|werent|hasnt|havent|hadnt|wouldnt|couldnt|shouldnt)\b",
+    re.IGNORECASE)
+
+
+def negated(texts) -> np.ndarray:
+    """Whether each text holds a negation cue (bool array)."""
+    texts = pd.Series(list(texts) if not isinstance(texts, pd.Series) else texts, dtype=object)
+    if not len(texts):
+        return np.zeros(0, bool)
+    return texts.str.contains(NEGATION).to_numpy(bool)
+
+
 class _Passages:
     """One kind of passage (body sentences or headlines): vectors, owners, weights, nearest-neighbour index."""
 
@@ -125,6 +147,7 @@ class _Passages:
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         words = self.texts.str.count(r"[^\W_]+").to_numpy() if len(self.texts) else np.zeros(0, int)
         self.weight = np.where(words <= ranking.short_words, ranking.short_weight, 1.0).astype(np.float32)
+        self.negated = negated(self.texts) if ranking.negation_penalty else None
 
     def __len__(self) -> int:
         return len(self.review)
@@ -236,12 +259,17 @@ class ProductSearch:
             candidates = eligible  # the caller wants more products than the neighbours cover: score them all
         if len(candidates) == 0:
             return []
-        scores, best_kind, best_row, body_part = self._score(candidates, query_vectors, allowed)
+        query_negated = None
+        if self.ranking.negation_penalty:
+            texts = [query_text] if isinstance(query_text, str) else list(query_text)
+            if len(texts) == len(query_vectors):
+                query_negated = negated(texts)
+        scores, best_kind, best_row = self._score(candidates, query_vectors, allowed, query_negated)
         if lexical_by_product is not None:
             scores = scores + self.ranking.lexical_weight * lexical_by_product[candidates]
         keep = np.flatnonzero(np.isfinite(scores))
         order = keep[np.lexsort((self._product_ids[candidates[keep]], -scores[keep]))][offset:offset + n_items]
-        return [self._result(*self._shown(int(best_kind[i]), int(best_row[i]), body_part), float(scores[i])) for i in order]
+        return [self._result(*self._shown(int(best_kind[i]), int(best_row[i])), float(scores[i])) for i in order]
 
     # --- candidates -------------------------------------------------------------------------------
     def _nearest_products(self, source: _Passages, query_vectors: np.ndarray, wanted: int,
@@ -300,42 +328,108 @@ class ProductSearch:
         return np.unique(np.concatenate(products))
 
     # --- scoring ----------------------------------------------------------------------------------
-    def _score(self, products: np.ndarray, query_vectors: np.ndarray, allowed: np.ndarray | None):
-        """Dense score of each product, its best passage (kind, row), and the body sentences scored."""
-        best = np.full((len(products), len(query_vectors)), -np.inf, dtype=np.float32)
+    def _score(self, products: np.ndarray, query_vectors: np.ndarray, allowed: np.ndarray | None,
+               query_negated: np.ndarray | None = None):
+        """Dense score of each product and its best passage (kind, row).
+
+        Per query sentence: a review's score is its best passage similarity (+ review_weight x the
+        similarity of the whole review); a product's is its best review's (+ second_weight x its
+        second-best review's, when it has one). Then the mean over the query sentences."""
+        ranking = self.ranking
+        penalty = ranking.negation_penalty if query_negated is not None else 0.0
         parts = []
         for kind, source in enumerate(self._sources):
             rows, owner = source.rows_of(products)
             if allowed is not None:
                 keep = allowed[source.review[rows]]
                 rows, owner = rows[keep], owner[keep]
-            sims = (source.vectors[rows] @ query_vectors.T) * source.weight[rows, None]
-            np.maximum.at(best, owner, sims)
-            parts.append((np.full(len(rows), kind), rows, owner, sims.max(axis=1) if len(rows) else np.zeros(0, np.float32)))
-        kinds, rows, owner, overall = (np.concatenate(column) for column in zip(*parts))
+            raw = source.vectors[rows] @ query_vectors.T
+            sims = raw * source.weight[rows, None]
+            if penalty and source.negated is not None:
+                sims = sims - penalty * (source.negated[rows, None] != query_negated[None, :])
+            parts.append((np.full(len(rows), kind), rows, owner, source.review[rows], raw, sims))
+        kinds, rows, owner, reviews, raw, sims = (np.concatenate(column) for column in zip(*parts))
+        overall = sims.max(axis=1) if len(rows) else np.zeros(0, np.float32)
+        scored_owner, scored_reviews, scored_raw, scored_sims = owner, reviews, raw, sims
+        if ranking.window_weight and len(parts[0][1]) > 1:
+            # Body rows of one review are consecutive and ascending: a window is rows j and j+1.
+            _, body_rows, body_owner, body_reviews, body_raw, _ = parts[0]
+            pair = np.flatnonzero((body_rows[1:] == body_rows[:-1] + 1) & (body_reviews[1:] == body_reviews[:-1]))
+            if pair.size:
+                window = (body_raw[pair] + body_raw[pair + 1]) / self._pair_norms()[body_rows[pair], None]
+                if penalty and self._body.negated is not None:
+                    either = self._body.negated[body_rows[pair]] | self._body.negated[body_rows[pair] + 1]
+                    window = window - penalty * (either[:, None] != query_negated[None, :])
+                scored_sims = np.vstack([sims, ranking.window_weight * window])
+                scored_owner = np.concatenate([owner, body_owner[pair]])
+                scored_reviews = np.concatenate([reviews, body_reviews[pair]])
+                scored_raw = np.vstack([raw, np.zeros_like(window)])  # windows add nothing to the review's vector sum
         # The best passage of each product; ties -> body before headline, then the earlier row.
         pick = np.lexsort((rows, kinds, -overall, owner))
         first = pick[np.flatnonzero(np.diff(owner[pick], prepend=-1))]
         best_kind = np.zeros(len(products), np.int64)
         best_row = np.full(len(products), -1, np.int64)
         best_kind[owner[first]], best_row[owner[first]] = kinds[first], rows[first]
-        return best.mean(axis=1), best_kind, best_row, parts[0]
+        best = np.full((len(products), len(query_vectors)), -np.inf, dtype=np.float32)
+        if not (ranking.review_weight or ranking.second_weight):
+            np.maximum.at(best, scored_owner, scored_sims)
+            return best.mean(axis=1), best_kind, best_row
+        review_ids, local = np.unique(scored_reviews, return_inverse=True)
+        per_review = np.full((len(review_ids), len(query_vectors)), -np.inf, dtype=np.float32)
+        np.maximum.at(per_review, local, scored_sims)
+        if ranking.review_weight:
+            sums = np.zeros_like(per_review)
+            np.add.at(sums, local, scored_raw)  # sum of passage vectors . query = review vector . query x its norm
+            per_review += ranking.review_weight * sums / self._review_norms()[review_ids, None]
+        review_owner = np.zeros(len(review_ids), np.int64)
+        review_owner[local] = scored_owner
+        np.maximum.at(best, review_owner, per_review)
+        score = best.mean(axis=1)
+        if ranking.second_weight and len(review_ids) > 1:
+            second = np.zeros_like(best)
+            for column in range(best.shape[1]):
+                order = np.lexsort((-per_review[:, column], review_owner))
+                group = review_owner[order]
+                same = np.concatenate([[False], group[1:] == group[:-1]])  # not the best of its product
+                is_second = same & ~np.concatenate([[False], same[:-1]])  # ... but right after it
+                second[group[is_second], column] = np.maximum(per_review[order[is_second], column], 0)
+            score = score + ranking.second_weight * second.mean(axis=1)
+        return score, best_kind, best_row
 
-    def _shown(self, kind: int, row: int, body_part) -> tuple[int, str]:
-        """The review row and sentence to show for a product whose best passage is (kind, row)."""
+    def _pair_norms(self) -> np.ndarray:
+        """|v[i] + v[i + 1]| for every body sentence i (the last one: 1), computed once."""
+        if getattr(self, "_pairs", None) is None:
+            vectors = self._body.vectors
+            norms = np.ones(len(vectors), np.float32)
+            for begin in range(0, max(len(vectors) - 1, 0), 100_000):
+                end = min(begin + 100_000, len(vectors) - 1)
+                norms[begin:end] = np.linalg.norm(vectors[begin:end] + vectors[begin + 1:end + 1], axis=1)
+            self._pairs = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        return self._pairs
+
+    def _review_norms(self) -> np.ndarray:
+        """|sum of a review's passage vectors| for every review (1 where it has none), computed once."""
+        if getattr(self, "_norms", None) is None:
+            dimensions = self._body.vectors.shape[1]
+            sums = np.zeros((len(self._ratings), dimensions), np.float32)
+            for source in self._sources:
+                for begin in range(0, len(source), 100_000):
+                    block = slice(begin, begin + 100_000)
+                    order = np.argsort(source.review[block], kind="stable")
+                    owners = source.review[block][order]
+                    starts = np.flatnonzero(np.diff(owners, prepend=-1))
+                    sums[owners[starts]] += np.add.reduceat(source.vectors[block][order], starts, axis=0)
+            norms = np.sqrt((sums.astype(np.float64) ** 2).sum(axis=1))
+            self._norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        return self._norms
+
+    def _shown(self, kind: int, row: int) -> tuple[int, str, str]:
+        """The review row, the matched passage's text and its field ("body" or "headline") for a
+        product whose best passage is (kind, row). A headline is shown as the headline it is."""
         source = self._sources[kind]
-        review = int(source.review[row])
-        if kind == 0:
-            return review, str(source.texts.iat[row])
-        # A headline matched best: show the best body sentence of the same review, else the headline.
-        _, rows, _, overall = body_part
-        mine = np.flatnonzero(self._body.review[rows] == review)
-        if mine.size == 0:
-            return review, str(source.texts.iat[row])
-        body_row = int(rows[mine[np.lexsort((rows[mine], -overall[mine]))[0]]])
-        return review, str(self._body.texts.iat[body_row])
+        return int(source.review[row]), str(source.texts.iat[row]), "body" if kind == 0 else "headline"
 
-    def _result(self, review_row: int, sentence: str, score: float) -> dict:
+    def _result(self, review_row: int, sentence: str, field: str, score: float) -> dict:
         catalog, column = self.corpus.catalog, self._columns
         return {
             "review_id": str(catalog.iat[review_row, column["review_id"]]),
@@ -346,6 +440,7 @@ class ProductSearch:
             "review_body": str(catalog.iat[review_row, column["review_body"]]),
             "product_search_score": round(score, 6),
             "matched_sentence": sentence,
+            "matched_field": field,
         }
 
 

@@ -25,7 +25,9 @@ def test_results_carry_the_seed_fields_and_distinct_products(fixture_search):
     assert len(results) == 5
     for result in results:
         assert tuple(result) == RESULT_FIELDS
-        assert result["matched_sentence"] in result["review_body"] or "<" in result["review_body"] or "&" in result["review_body"]
+        assert result["matched_field"] in ("body", "headline")
+        where = result["review_body"] if result["matched_field"] == "body" else result["review_headline"]
+        assert result["matched_sentence"] in " ".join(where.split()) or "<" in where or "&" in where
         assert isinstance(result["star_rating"], int)
     assert len({r["product_id"] for r in results}) == 5
     scores = [r["product_search_score"] for r in results]
@@ -127,9 +129,12 @@ def test_headlines_are_searched_and_shown_with_their_review(fixture_search):
     result = fixture_search.search("Mold inside after a month", n_items=1)[0]
     assert result["product_id"] == catalog.at[row, "product_id"]
     assert result["review_id"] == catalog.at[row, "review_id"]
-    # The headline is in review_headline; the matched sentence is the review's best body sentence.
+    # The headline matched: the answer says so and shows the headline, not some body sentence.
     assert result["review_headline"] == "Mold inside after a month"
-    assert result["matched_sentence"] in fixture_search.corpus.sentences["sentence"].tolist()
+    assert result["matched_field"] == "headline"
+    assert result["matched_sentence"] == "Mold inside after a month"
+    body = fixture_search.search(fixture_search.corpus.sentences["sentence"].iloc[0], n_items=1)[0]
+    assert body["matched_field"] == "body" and body["matched_sentence"] == fixture_search.corpus.sentences["sentence"].iloc[0]
 
 
 def test_star_headlines_are_not_searched(fixture_search):

@@ -17,6 +17,11 @@
     return node;
   }
 
+  function sameWords(a, b) {
+    const words = (text) => String(text || "").toLowerCase().replace(/[^\p{L}\p{N}]+/gu, " ").trim();
+    return words(a) !== "" && words(a) === words(b);
+  }
+
   function starsText(rating) {
     const full = Math.max(0, Math.min(5, Math.round(Number(rating) || 0)));
     return "★".repeat(full) + "☆".repeat(5 - full);
@@ -58,8 +63,23 @@
     head.append(score);
     item.append(head);
 
-    if (product.review_headline) item.append(el("p", "headline", product.review_headline));
-    if (!product.matched_in_review && product.matched_sentence) {
+    // The best match can be the review's headline ("matched_field": "headline"): highlight the
+    // headline itself, not a body sentence. Cards without the field: a matched sentence that is not
+    // in the review and reads like the headline is the headline.
+    const headlineMatched = Boolean(product.review_headline) && (product.matched_field === "headline" ||
+      (product.matched_field === undefined && !product.matched_in_review &&
+       sameWords(product.matched_sentence, product.review_headline)));
+    if (product.review_headline) {
+      const headline = el("p", headlineMatched ? "headline headline-matched" : "headline");
+      if (headlineMatched) {
+        headline.append(el("mark", null, product.review_headline));
+        headline.title = "the best match for your search is this review's headline";
+      } else {
+        headline.textContent = product.review_headline;
+      }
+      item.append(headline);
+    }
+    if (!headlineMatched && !product.matched_in_review && product.matched_sentence) {
       const matched = el("p", "matched");
       matched.append(el("span", "label", "matched: "), el("mark", null, product.matched_sentence));
       item.append(matched);
