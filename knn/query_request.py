@@ -56,10 +56,13 @@ class SearchRequest(BaseModel):
                 raise ValueError(f"{where} has {len(text)} characters; at most {MAX_QUERY_CHARS} are allowed")
             if not has_content(text):
                 raise ValueError(f"{where} has no letters or digits to search for")
-        sentences = sum(len(split_sentences(text)) for text in texts)
-        if sentences > MAX_QUERY_SENTENCES:
-            raise ValueError(f"the query has {sentences} sentences in all; at most {MAX_QUERY_SENTENCES} are "
-                             "allowed in one request (send the rest in another request)")
+        sentences = 0
+        for position, text in enumerate(texts):  # stops at the first string past the cap: refusing stays cheap
+            sentences += len(split_sentences(text))
+            if sentences > MAX_QUERY_SENTENCES:
+                more = " or more" if position < len(texts) - 1 else ""
+                raise ValueError(f"the query has {sentences}{more} sentences in all; at most {MAX_QUERY_SENTENCES} "
+                                 "are allowed in one request (send the rest in another request)")
         return value
 
 

@@ -89,6 +89,7 @@ def test_sentence_cap_bounds_the_work_of_one_request():
     over[1] = "One sentence. And another."
     with pytest.raises(QueryError, match=rf"has {MAX_QUERY_SENTENCES + 1} sentences in all; at most {MAX_QUERY_SENTENCES}"):
         parse_request({"query": over})
-    # the biggest request the character limits allow (~1,300 sentences) is refused before any embedding
+    # the most sentences the character limits allow (16 x 333 = 5,328) is refused before any embedding,
+    # after splitting only the first string
     with pytest.raises(QueryError, match=f"at most {MAX_QUERY_SENTENCES}"):
         parse_request({"query": ["Kite. " * (MAX_QUERY_CHARS // 6)] * MAX_QUERIES})

@@ -139,6 +139,7 @@ class SlowClients:
         self.sockets: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._trickle, daemon=True)
+        self.trickled = 0  # body bytes sent so far by the trickling connection
 
     def __enter__(self):
         body = json.dumps({"query": "a slowly sent query about a kite", "pad": "x" * 150}).encode()
@@ -158,6 +159,7 @@ class SlowClients:
             if self._stop.wait(0.2):
                 return
             self.sockets[0].sendall(bytes([byte]))
+            self.trickled += 1
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -182,8 +184,11 @@ def _one_request(port: int, query: str) -> tuple[float, dict]:
 def test_slow_clients_do_not_block_a_single_threaded_worker(endpoint, queries):
     query, expected = queries[0]
     _one_request(endpoint["port"], query)  # warm
-    with SlowClients(endpoint["port"]):
-        time.sleep(1.0)  # the slow requests are in flight
+    with SlowClients(endpoint["port"]) as slow:
+        deadline = time.monotonic() + 30
+        while slow.trickled < 5 and time.monotonic() < deadline:  # the slow requests are in flight
+            time.sleep(0.05)
+        assert slow.trickled >= 5, "the trickling client could not send"
         for query, expected in queries[:5]:
             elapsed, answer = _one_request(endpoint["port"], query)
             assert answer["pred0"]["product_id"] == expected

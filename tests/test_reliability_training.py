@@ -135,12 +135,25 @@ def _kill_when_running(which: str, found: dict, stop: threading.Event) -> None:
             except psutil.Error:
                 continue
             if "entry_point.py" in cmdline:
-                time.sleep(1.5)  # half-way: the script is reading and encoding
+                _wait_until_busy(proc, cpu_seconds=1.0)  # half-way: the script is reading and encoding
                 target = proc if which == "script" else psutil.Process(os.getpgid(proc.pid))
                 found["killed"] = target.pid
                 found["group"] = [p for p in _descendants() if _same_group(p, os.getpgid(proc.pid))]
                 target.send_signal(signal.SIGKILL)
                 return
+        time.sleep(0.05)
+
+
+def _wait_until_busy(proc: psutil.Process, cpu_seconds: float, timeout: float = 60) -> None:
+    """Poll until ``proc`` has used ``cpu_seconds`` of CPU (it is past its start-up), or is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            return
+        if times.user + times.system >= cpu_seconds:
+            return
         time.sleep(0.05)
 
 

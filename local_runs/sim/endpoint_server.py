@@ -210,6 +210,8 @@ def _report(fd: int, message: dict) -> None:
 
 def _worker_main(args) -> int:
     """One worker process (exec'd by the supervisor): load the model, serve the shared socket."""
+    for sig in (signal.SIGINT, signal.SIGHUP):  # Ctrl-C reaches the supervisor, which stops the workers
+        signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     _exit_when_orphaned(os.getppid())  # never outlive the supervisor (e.g. if it is SIGKILLed)

@@ -4,7 +4,10 @@ Layout: ``<state_dir>/endpoints/<name>.json`` (the record) and ``<name>.log`` (t
 output). The state dir is ``$LOCAL_RUNS_STATE_DIR`` or ``./.local_runs``. A record holds
 ``name, status (Creating|InService|Failed), pid, create_time, port, host, url, model_dir,
 config_name, variant_name, owner_pid, owner_create_time, detached, log_path, cleanup_dirs,
-failure_reason, created``.
+failure_reason, created``, and from the server's supervisor: ``workers`` (configured),
+``workers_serving`` (loaded and serving now), ``worker_pids``, ``restarts`` (workers replaced
+since the endpoint started: died or hung), ``last_restart`` (``{time, pid, reason}``) and
+``model_timeout`` (seconds a request may run before its worker is replaced).
 
 Writers: the deploying process claims a name (exclusive create, status Creating); the
 endpoint server fills in pid/port and status; whoever stops the endpoint removes the record.
@@ -23,6 +26,11 @@ from local_runs import daemon
 STATE_DIR_ENV = "LOCAL_RUNS_STATE_DIR"
 ENDPOINT_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 CREATING, IN_SERVICE, FAILED = "Creating", "InService", "Failed"
+
+
+def restarts(record: dict[str, Any] | None) -> int:
+    """How many workers of the endpoint were replaced (died or hung) since it started."""
+    return int((record or {}).get("restarts") or 0)
 
 
 class EndpointExistsError(RuntimeError):
