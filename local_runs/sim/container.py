@@ -14,6 +14,11 @@ changes:
   ``local_runs.sim.train_framework:main``; output is streamed to stdout. On a non-zero exit
   it raises ``TrainingJobFailed`` whose reason is the first 1024 characters of
   ``output/failure``; nothing is uploaded.
+* ``instance_count`` N runs N hosts (``hosts.py``): each its own tree, ``resourceconfig.json``
+  naming all of them, its own ``/opt/ml/model`` (merged into the one ``model.tar.gz``; a file
+  name two hosts wrote fails the job naming it), ShardedByS3Key channels dealt across them. One
+  host failing stops the others and fails the job naming the host. Processing jobs:
+  ``processing.py``.
 * ``serve`` starts ``local_runs.sim.endpoint_server`` on 127.0.0.1 and a free port,
   registered by endpoint name; ``stop_serving`` stops it and deletes its temp dirs.
 
@@ -35,7 +40,6 @@ import string
 import subprocess
 import sys
 import tempfile
-import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ import sagemaker
 from sagemaker.local.image import _create_config_file_directories, _SageMakerContainer, _Volume
 
 from local_runs.sim import endpoints, procs, registry
+from local_runs.sim import hosts as hostlib
 
 logger = logging.getLogger(__name__)
 
@@ -119,14 +124,36 @@ def _mount(base: str, volumes: list[_Volume]) -> None:
         os.symlink(volume.host_dir, target, target_is_directory=True)
 
 
+def _distribution(channel: dict) -> str:
+    source = (channel.get("DataSource") or {}).get("S3DataSource") or {}
+    return hostlib.check_distribution(source.get("S3DataDistributionType"), f"channel {channel.get('ChannelName')}")
+
+
+def _check_model_clashes(services: dict) -> None:
+    """SageMaker merges every host's /opt/ml/model into one model.tar.gz; a name two hosts wrote fails."""
+    owners: dict[str, str] = {}
+    for host, service in services.items():
+        for mapping in service["volumes"]:
+            host_dir, container_dir = mapping.rsplit(":", 1)
+            if container_dir != "/opt/ml/model":
+                continue
+            for rel in hostlib.relative_files(host_dir):
+                if rel in owners:
+                    raise TrainingJobFailed(
+                        f"ClientError: model file {rel} was written by both {owners[rel]} and {host}; when several "
+                        "instances write /opt/ml/model their file names must not clash (SageMaker merges them "
+                        "into one model.tar.gz)", 1)
+                owners[rel] = host
+
+
 class SimContainer(_SageMakerContainer):
     """One "instance": training through the real toolkit, serving through endpoint_server."""
 
     def __init__(self, instance_type, instance_count, image, sagemaker_session=None,
                  container_entrypoint=None, container_arguments=None):
         # The SDK's __init__ insists on Docker Compose; set the same attributes without it.
-        if int(instance_count) != 1:
-            raise NotImplementedError("sim runs a single instance (instance_count=1)")
+        if int(instance_count) < 1:
+            raise ValueError(f"instance_count must be at least 1, got {instance_count}")
         self.compose_cmd_prefix = None
         self.sagemaker_session = sagemaker_session
         self.instance_type = instance_type
@@ -136,7 +163,7 @@ class SimContainer(_SageMakerContainer):
         self.container_arguments = container_arguments
         self.is_studio = False
         suffix = "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(5))
-        self.hosts = [f"algo-1-{suffix}"]
+        self.hosts = hostlib.host_names(self.instance_count, suffix)  # each its own /opt/ml tree
         self.container_root = None
         self.container = None
         self.endpoint_name: str | None = None
@@ -146,6 +173,7 @@ class SimContainer(_SageMakerContainer):
         self._record: dict[str, Any] | None = None
         self.max_runtime: float | None = None
         self._downloads: list[str] = []
+        self.sharded_channels: set[str] = set()  # ShardedByS3Key channels (set by SimTrainingJob)
 
     # --- shared -----------------------------------------------------------------------
 
@@ -196,57 +224,71 @@ class SimContainer(_SageMakerContainer):
                            if v.container_dir.rsplit("/", 1)[-1] in s3_channels
                            and v.container_dir.startswith("/opt/ml/input/data/")]
         hyperparameters = self._update_local_src_path(hyperparameters, key=sagemaker.estimator.DIR_PARAM_NAME)
-        host = self.hosts[0]
-        base = os.path.join(root, host)
-        hyperparameters = {k: self._hp_to_host(v, base) for k, v in hyperparameters.items()}
-        _create_config_file_directories(root, host)
-        self.write_config_files(host, hyperparameters, input_data_config)
-        shutil.copytree(data_dir, os.path.join(base, "input", "data"), dirs_exist_ok=True)
-        all_volumes = self._build_optml_volumes(host, {"output", "output/data", "input"}) + volumes
-        _mount(base, all_volumes)
-        compose_data = {"services": {host: {"volumes": [v.map for v in all_volumes]}}}
-
-        env = {
-            **self._base_env(),
-            "TRAINING_JOB_NAME": job_name,
-            **{k: _to_host(str(v), base) for k, v in (environment or {}).items()},
-            "SAGEMAKER_BASE_DIR": base,
-            "SM_STUDIO_LOCAL_MODE": "True",
-            "SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE,
-            **procs.owner_env(),
-        }
-        env = _job_env(procs.child_env(env), code_root=os.path.join(base, "code"))
-        argv = [sys.executable, "-m", "sagemaker_training.cli.train"]
-        logger.info("sim: training job %s in %s", job_name, base)
-        workdir = os.path.join(root, "cwd")  # an empty cwd: the toolkit copies it into PYTHONPATH
-        os.mkdir(workdir)
-        proc, pump = procs.spawn(argv, env, cwd=workdir, echo=True)
-        timer, timed_out = None, threading.Event()
-        if max_runtime:
-            def _expire():
-                timed_out.set()
-                procs.stop(proc.pid)
-
-            timer = threading.Timer(float(max_runtime), _expire)
-            timer.daemon = True
-            timer.start()
-        try:
-            exit_code = proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if proc.poll() is None:
-                procs.stop(proc.pid, timeout=5)
-            procs.unregister(proc.pid)
-            procs.kill_group(proc.pid)  # anything the script left behind in the job's group
-            pump.join(timeout=10)
-        if exit_code != 0:
+        sharded = self.sharded_channels | {c["ChannelName"] for c in input_data_config
+                                           if _distribution(c) == hostlib.SHARDED}
+        specs, services = [], {}
+        for index, host in enumerate(self.hosts):
+            base = os.path.join(root, host)
+            host_hps = {k: self._hp_to_host(v, base) for k, v in hyperparameters.items()}
+            _create_config_file_directories(root, host)
+            self.write_config_files(host, host_hps, input_data_config)
+            shutil.copytree(data_dir, os.path.join(base, "input", "data"), dirs_exist_ok=True)
+            host_volumes = self._host_volumes(volumes, root, host, index, sharded)
+            all_volumes = self._build_optml_volumes(host, {"output", "output/data", "input"}) + host_volumes
+            _mount(base, all_volumes)
+            services[host] = {"volumes": [v.map for v in all_volumes]}
+            env = {
+                **self._base_env(),
+                "TRAINING_JOB_NAME": job_name,
+                **{k: _to_host(str(v), base) for k, v in (environment or {}).items()},
+                "SAGEMAKER_BASE_DIR": base,
+                "SM_STUDIO_LOCAL_MODE": "True",
+                "SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE,
+                **procs.owner_env(),
+            }
+            env = _job_env(procs.child_env(env), code_root=os.path.join(base, "code"))
+            workdir = os.path.join(root, "cwd" if len(self.hosts) == 1 else f"cwd-{host}")
+            os.mkdir(workdir)  # an empty cwd: the toolkit copies it into PYTHONPATH
+            specs.append(hostlib.HostSpec(host, [sys.executable, "-m", "sagemaker_training.cli.train"], env, workdir))
+        logger.info("sim: training job %s on %d host(s) in %s", job_name, len(self.hosts), root)
+        group = hostlib.HostGroup(specs, max_runtime=max_runtime).start()
+        outcome = group.wait()
+        if not outcome.ok:
             # MaxRuntimeExceeded only when our timer stopped it; a kill from elsewhere says so
-            raise TrainingJobFailed(self._failure_reason(base, exit_code, pump, max_runtime if timed_out.is_set() else None),
-                                    exit_code)
+            host = outcome.failed_host or self.hosts[0]
+            reason = self._failure_reason(os.path.join(root, host), outcome.exit_codes.get(host),
+                                          outcome.tails.get(host, ""), max_runtime if outcome.timed_out else None)
+            if len(self.hosts) > 1:
+                reason = f"host {host} of {len(self.hosts)} failed (the others were stopped): {reason}"[
+                    :FAILURE_REASON_LIMIT]
+            raise TrainingJobFailed(reason, outcome.exit_codes.get(host))
+        compose_data = {"services": services}
+        if len(self.hosts) > 1:
+            _check_model_clashes(services)
         artifacts = self.retrieve_artifacts(compose_data, output_data_config, job_name)
         logger.info("===== Job Complete =====")
         return artifacts
+
+    def _host_volumes(self, volumes, root, host, index, sharded):
+        """The SDK's volumes for one host: its own /opt/ml/model, and its share of sharded channels."""
+        if len(self.hosts) == 1 and not sharded:
+            return volumes
+        result = []
+        for volume in volumes:
+            channel = volume.container_dir[len("/opt/ml/input/data/"):] \
+                if volume.container_dir.startswith("/opt/ml/input/data/") else None
+            if volume.container_dir == "/opt/ml/model" and len(self.hosts) > 1:
+                result.append(_Volume(os.path.join(root, host, "model"), "/opt/ml/model"))
+            elif channel in sharded:
+                files = hostlib.relative_files(volume.host_dir)
+                share = hostlib.deal(files, len(self.hosts))[index]
+                logger.info("sim: %s gets %d of %d object(s) of channel %s (ShardedByS3Key)", host, len(share),
+                            len(files), channel)
+                target = hostlib.shard_dir(volume.host_dir, share, os.path.join(root, ".shards", host, channel))
+                result.append(_Volume(target, volume.container_dir))
+            else:
+                result.append(volume)
+        return result
 
     @staticmethod
     def _hp_to_host(value, base):
@@ -259,7 +301,7 @@ class SimContainer(_SageMakerContainer):
         return value
 
     @staticmethod
-    def _failure_reason(base, exit_code, pump, max_runtime) -> str:
+    def _failure_reason(base, exit_code, tail, max_runtime) -> str:
         failure = Path(base, "output", "failure")
         if failure.exists():
             text = failure.read_text(encoding="utf-8", errors="replace")
@@ -275,7 +317,6 @@ class SimContainer(_SageMakerContainer):
                 name = f"signal {-exit_code}"
             how = (f"was killed by {name} (exit code {exit_code}) from outside the job, e.g. by the "
                    "out-of-memory killer or a user; nothing was uploaded, run it again")
-        tail = "".join(list(pump.tail)[-20:]) if pump else ""
         return f"AlgorithmError: training {how}\n{tail}"[:FAILURE_REASON_LIMIT]
 
     # --- serving ------------------------------------------------------------------------
@@ -286,6 +327,8 @@ class SimContainer(_SageMakerContainer):
 
         Blocks until it is in service; raises ``endpoints.EndpointStartFailed`` otherwise.
         """
+        if self.instance_count != 1:
+            raise NotImplementedError("sim serves an endpoint on one instance (InitialInstanceCount=1)")
         self.endpoint_name = endpoint_name
         self.state_dir = Path(state_dir)
         work_root = os.path.abspath(

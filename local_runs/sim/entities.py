@@ -9,6 +9,7 @@ does not load, which ``wait_for_endpoint`` turns into the usual exception.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 
 from sagemaker.local.entities import _LocalEndpoint, _LocalTrainingJob
@@ -19,6 +20,23 @@ from local_runs.sim.endpoints import EndpointStartFailed
 
 FAILED = "Failed"
 STOPPED = "Stopped"
+
+
+@contextlib.contextmanager
+def _sharding_allowed(container, input_data_config):
+    """Let the SDK's channel checks pass ShardedByS3Key; the container deals those channels' objects."""
+    sharded = []
+    for channel in input_data_config:
+        source = (channel.get("DataSource") or {}).get("S3DataSource")
+        if source and source.get("S3DataDistributionType") == "ShardedByS3Key":
+            sharded.append(source)
+            container.sharded_channels.add(channel["ChannelName"])
+            source["S3DataDistributionType"] = "FullyReplicated"
+    try:
+        yield
+    finally:
+        for source in sharded:
+            source["S3DataDistributionType"] = "ShardedByS3Key"
 
 
 class SimTrainingJob(_LocalTrainingJob):
@@ -32,7 +50,8 @@ class SimTrainingJob(_LocalTrainingJob):
         self.training_job_name = job_name
         self.output_data_config = output_data_config
         try:
-            super().start(input_data_config, output_data_config, hyperparameters, environment, job_name)
+            with _sharding_allowed(self.container, input_data_config):  # the SDK refuses ShardedByS3Key; sim deals it
+                super().start(input_data_config, output_data_config, hyperparameters, environment, job_name)
         except TrainingJobFailed as exc:
             self.state = FAILED
             self.failure_reason = exc.reason
