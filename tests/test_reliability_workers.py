@@ -27,6 +27,8 @@ INFERENCE = textwrap.dedent('''
     import json, os, time
 
     def model_fn(model_dir):
+        if os.path.exists(os.environ.get("CHAOS_BROKEN_FLAG", "/nonexistent")):
+            raise RuntimeError("the model file is gone")
         return {"pid": os.getpid()}
 
     def input_fn(body, content_type):
@@ -192,3 +194,29 @@ def test_sigstop_worker_times_out_and_is_replaced(tmp_path):
     assert "past the model timeout of 3 s" in record["last_restart"]["reason"]
     assert "killing it" in open(record["log_path"]).read()
     assert endpoints.stop_endpoint(state, name)
+
+
+def test_worker_that_cannot_load_again_is_retried_then_endpoint_fails(tmp_path):
+    """A worker whose model no longer loads after a crash: retried with back-off while another serves; once
+    every worker has failed MAX_LOAD_FAILURES loads in a row the endpoint is Failed, naming the error."""
+    from local_runs.sim import endpoint_server
+
+    name = "chaos-reload"
+    broken = tmp_path / "broken"
+    state = start(tmp_path, name, workers=2, extra_env={"LOCAL_RUNS_SIM_RESTART_BACKOFF": "0.05",
+                                                        "CHAOS_BROKEN_FLAG": str(broken)})
+    record = registry.read(state, name)
+    first, second = worker_pids(state, name)
+    broken.write_text("")  # from now on model_fn raises
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: "could not load the model (2 time(s) in a row)" in open(record["log_path"]).read(), 60,
+             "the replacement to fail twice")
+    with RuntimeGateway(state, invoke_timeout=30) as gateway:  # the other worker still serves
+        assert invoke(runtime_client(gateway), name, {"i": 1})["pid"] == second
+    assert registry.read(state, name)["status"] == registry.IN_SERVICE
+    os.kill(second, signal.SIGKILL)
+    wait_for(lambda: registry.read(state, name)["status"] == registry.FAILED, 120, "the endpoint to fail")
+    reason = registry.read(state, name)["failure_reason"]
+    assert f"{endpoint_server.MAX_LOAD_FAILURES} times in a row" in reason and "model file is gone" in reason
+    wait_for(lambda: not registry.is_live(registry.read(state, name)), 15, "the server to exit")
+    endpoints.stop_endpoint(state, name)

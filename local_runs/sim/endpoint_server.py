@@ -55,6 +55,7 @@ INVOKE_TIMEOUT_ENV = "LOCAL_RUNS_SIM_INVOKE_TIMEOUT"  # the runtime gateway's ti
 DEFAULT_MODEL_TIMEOUT = 60.0
 HANG_GRACE_S = 1.0  # past the timeout before a worker is killed: the gateway answers "timed out" first
 MAX_LOAD_FAILURES = 5  # a replacement worker that fails to load this often in a row is not restarted again
+RESTART_BACKOFF_ENV = "LOCAL_RUNS_SIM_RESTART_BACKOFF"  # seconds before the 1st retry of a failed load (doubling, <= 30)
 _MAX_SLOTS = 256
 _SLOT_BYTES = 8
 
@@ -240,6 +241,7 @@ class _Slot:
         self.proc: subprocess.Popen | None = None
         self.serving = False
         self.load_failures = 0  # loads in a row that failed
+        self.last_failure: str | None = None
         self.not_before = 0.0  # restart back-off
         self.kill_reason: str | None = None
         self.given_up = False
@@ -264,6 +266,10 @@ class _Supervisor:
         self.restarts = 0
         self.in_service = False
         self.timeout = float(args.model_timeout)
+        try:
+            self.backoff = max(0.0, float(os.environ.get(RESTART_BACKOFF_ENV) or 1.0))
+        except ValueError:
+            self.backoff = 1.0
         self._buffer = b""
 
     # --- workers ---
@@ -320,6 +326,7 @@ class _Supervisor:
                 if not self.in_service:
                     return message.get("reason") or "a worker failed to load the model"
                 slot.load_failures += 1
+                slot.last_failure = message.get("reason")
                 logger.error("worker %d (slot %d) could not load the model (%d time(s) in a row):\n%s",
                              slot.proc.pid, slot.index, slot.load_failures, message.get("reason"))
         return None
@@ -352,7 +359,8 @@ class _Supervisor:
                 self._record()
                 return
             self.restarts += 1
-            slot.not_before = now + (min(30.0, 2.0 ** slot.load_failures) if slot.load_failures else 0.0)
+            slot.not_before = now + (min(30.0, self.backoff * 2.0 ** (slot.load_failures - 1))
+                                     if slot.load_failures else 0.0)
             logger.error("worker %d (slot %d) %s; starting a replacement (restart %d of this endpoint)",
                          proc.pid, slot.index, reason, self.restarts)
             self._record(last_restart={"time": time.time(), "pid": proc.pid, "reason": reason})
@@ -405,7 +413,9 @@ class _Supervisor:
                 for slot in self.slots:
                     self._check_slot(slot, now)
                 if all(s.given_up for s in self.slots):
-                    failure = "every worker failed to load the model again after a restart; see the endpoint log"
+                    last = next((s.last_failure for s in self.slots if s.last_failure), "") or ""
+                    failure = (f"every worker failed to load the model {MAX_LOAD_FAILURES} times in a row after a "
+                               f"restart; see the endpoint log. The last failure:\n{last}")
                     break
         self._stop_workers()
         if failure is not None:
