@@ -7,7 +7,9 @@ into SM_MODEL_DIR. Hyperparameters arrive as --long-names: --index-kind auto|gra
 --threads N, --batch-size N, --n-neighbors N. A bad reviews file ends the job with a one-line reason.
 
 Serving (sagemaker-inference toolkit): `application/json` bodies `{"query": str | [str], "n_items": int}`,
-answered as `{"pred0": {...}, "pred1": {...}}`. Bad requests get a 4xx with a JSON body
+answered as `{"pred0": {...}, "pred1": {...}}`; `application/jsonlines` bodies hold one such request per
+line and are answered with one answer per line, in order (what batch transform's MultiRecord sends;
+blank lines are skipped, a bad line fails the whole body with a 400 naming its line). Bad requests get a 4xx with a JSON body
 `{"error": {"code": 400, "message": "..."}}`: 400 bad body, 406 Accept, 413 too large, 415 Content-Type.
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ from knn.errors import QueryError, SearchError  # noqa: E402
 log = logging.getLogger("entry_point")
 
 JSON = "application/json"
+JSONLINES = "application/jsonlines"
+_JSONLINES_TYPES = (JSONLINES, "application/jsonl", "application/x-jsonlines")
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's own limit on a request body
 
 
@@ -144,13 +148,14 @@ def _media_type(header: str | None) -> str:
 
 
 def input_fn(request_body, request_content_type):
-    """Decode and validate a request; returns a knn-ready request object."""
-    from knn.query_request import parse_request
+    """Decode and validate a request; returns a knn-ready request object (RequestLines for jsonlines)."""
     if not request_content_type:
-        raise _toolkit_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the request has no Content-Type; send {JSON}")
-    if _media_type(request_content_type) != JSON:
         raise _toolkit_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                             f"Content-Type {request_content_type!r} is not supported; send {JSON}")
+                             f"the request has no Content-Type; send {JSON} (or {JSONLINES})")
+    lines = _media_type(request_content_type) in _JSONLINES_TYPES
+    if _media_type(request_content_type) != JSON and not lines:
+        raise _toolkit_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                             f"Content-Type {request_content_type!r} is not supported; send {JSON} (or {JSONLINES})")
     if isinstance(request_body, (bytes, bytearray)):
         if len(request_body) > MAX_BODY_BYTES:
             raise _toolkit_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -161,6 +166,35 @@ def input_fn(request_body, request_content_type):
             raise _toolkit_error(HTTPStatus.BAD_REQUEST, _not_utf8_message(exc)) from None
     if len(request_body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
         raise _toolkit_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if lines:
+        return _parse_lines(request_body)
+    return _parse_one(request_body)
+
+
+class RequestLines(list):
+    """An `application/jsonlines` body: [(line number, request), ...], answered line for line."""
+
+
+def _parse_lines(text: str) -> RequestLines:
+    requests = RequestLines()
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            requests.append((number, _parse_one(line)))
+        except Exception as exc:  # a toolkit error: keep its status, name the line
+            status = getattr(exc, "status_code", None)
+            if status is None:
+                raise
+            raise _toolkit_error(HTTPStatus(int(status)), f"line {number}: {exc.message}") from None
+    if not requests:
+        raise _toolkit_error(HTTPStatus.BAD_REQUEST, "the jsonlines body has no request lines; "
+                             'send one JSON object per line, e.g. {"query": "my kids loved it"}')
+    return requests
+
+
+def _parse_one(request_body: str):
+    from knn.query_request import parse_request
     try:
         payload = json.loads(request_body, object_pairs_hook=_object_without_duplicate_keys)
     except _DuplicateKey as exc:
@@ -208,6 +242,8 @@ def _has_lone_surrogate(value) -> bool:
 
 
 def predict_fn(request, model):
+    if isinstance(request, RequestLines):
+        return AnswerLines(_search_lines(request, model))
     try:
         results = model.search(request.query, n_items=request.n_items, min_star_rating=request.min_star_rating, offset=request.offset)
     except QueryError as exc:
@@ -215,10 +251,53 @@ def predict_fn(request, model):
     return {f"pred{rank}": result for rank, result in enumerate(results)}
 
 
+class AnswerLines(list):
+    """The answers to a RequestLines, in its order."""
+
+
+def _answer(results) -> dict:
+    return {f"pred{rank}": result for rank, result in enumerate(results)}
+
+
+def _search_lines(requests: RequestLines, model) -> list[dict]:
+    """Answer every line; the query sentences of all lines are embedded in one encoder call.
+
+    Same results as one `model.search` per line (search = embed the sentences, then search_vectors).
+    """
+    batched = all(hasattr(model, name) for name in ("query_sentences", "encoder", "search_vectors", "n_products"))
+    try:
+        if not batched or model.n_products == 0:
+            return [_answer(model.search(r.query, n_items=r.n_items, min_star_rating=r.min_star_rating,
+                                         offset=r.offset)) for _, r in requests]
+        sentences = []
+        for number, r in requests:
+            try:
+                sentences.append(model.query_sentences(r.query))
+            except QueryError as exc:
+                raise QueryError(f"line {number}: {exc}") from None
+        vectors = model.encoder.encode([s for group in sentences for s in group], progress=False)
+        answers, start = [], 0
+        for (number, r), group in zip(requests, sentences):
+            try:
+                answers.append(_answer(model.search_vectors(vectors[start:start + len(group)], r.n_items, group,
+                                                            r.min_star_rating, r.offset)))
+            except QueryError as exc:
+                raise QueryError(f"line {number}: {exc}") from None
+            start += len(group)
+        return answers
+    except QueryError as exc:
+        raise _toolkit_error(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+
 def output_fn(prediction, accept):
     accepted = [_media_type(part) for part in (accept or JSON).split(",")]
-    if not any(media in (JSON, "*/*", "application/*", "") for media in accepted):
-        raise _toolkit_error(HTTPStatus.NOT_ACCEPTABLE, f"Accept {accept!r} cannot be served; accept {JSON}")
+    if not any(media in (JSON, *_JSONLINES_TYPES, "*/*", "application/*", "") for media in accepted):
+        raise _toolkit_error(HTTPStatus.NOT_ACCEPTABLE,
+                             f"Accept {accept!r} cannot be served; accept {JSON} (or {JSONLINES})")
+    if isinstance(prediction, AnswerLines):  # one answer per line, whatever JSON type was asked for
+        return "".join(json.dumps(answer, ensure_ascii=False) + "\n" for answer in prediction), JSONLINES
+    if any(media in _JSONLINES_TYPES for media in accepted) and JSON not in accepted:
+        return json.dumps(prediction, ensure_ascii=False) + "\n", JSONLINES
     return json.dumps(prediction, ensure_ascii=False), JSON
 
 

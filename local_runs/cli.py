@@ -4,6 +4,7 @@
     local-runs fit [--reviews FILE]                     train; remembers the model for `deploy`
     local-runs deploy [--model-data S3URI] [--name N]   serve the last (or a given) model
     local-runs predict "query" [--endpoint N]           ask an endpoint; prints a table (or --json)
+    local-runs transform Q.jsonl --out R.jsonl          batch transform a file of queries (the last fit)
     local-runs delete [--endpoint N | --all]            delete an endpoint (and its config and model on sagemaker)
     local-runs endpoints                                list endpoints and their health
     local-runs shutdown [--purge]                       sim: stop every endpoint, the S3 and the gateway
@@ -109,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-star-rating", type=int, metavar="STARS", help="only reviews rated at least this (1-5)")
     p.add_argument("--offset", type=int, metavar="N", help="skip this many products (paging, 0-1000)")
     p.add_argument("--json", action="store_true", help="print the raw JSON response")
+
+    p = command("transform", "batch transform: every line of a jsonlines file through the serving code (the "
+                "last fit, or --model-data), answers in order in --out", commands.cmd_transform)
+    p.add_argument("queries", metavar="QUERIES.jsonl",
+                   help='one request per line, e.g. {"query": "my kids loved it", "n_items": 3}')
+    p.add_argument("--out", required=True, metavar="RESULTS.jsonl",
+                   help="where to write the answers: one JSON line per query line, in the same order")
+    p.add_argument("--model-data", metavar="S3URI", help="s3:// URI of a model.tar.gz (default: the last fit)")
+    p.add_argument("--instances", type=int, default=1, metavar="N",
+                   help="instances (serving processes) to deal the input objects across (default 1)")
+    p.add_argument("--strategy", choices=["MultiRecord", "SingleRecord"], default="MultiRecord",
+                   help="MultiRecord: as many lines per request as fit in --max-payload (default); "
+                        "SingleRecord: one line per request")
+    p.add_argument("--max-payload", type=int, metavar="MB",
+                   help="largest request body in MB, 0-100 (default: the container's, else 6)")
+    p.add_argument("--max-concurrent", type=int, metavar="N",
+                   help="requests in flight per instance (default: the container's, else 1)")
 
     p = command("delete", "delete an endpoint (on sagemaker also its endpoint config and model)", commands.cmd_delete)
     group = p.add_mutually_exclusive_group()

@@ -160,6 +160,94 @@ def cmd_deploy(settings, args) -> int:
     return 0
 
 
+def _check_queries_file(path: Path) -> int:
+    """The number of request lines in a jsonlines queries file; UsageError naming a line that is not JSON."""
+    if not path.is_file():
+        raise UsageError(f"queries file {path} does not exist; give a .jsonl file with one request per line, "
+                         'e.g. {"query": "my kids loved it", "n_items": 3}')
+    count = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except ValueError as exc:
+                raise UsageError(f"{path}, line {number}: not JSON ({exc}); each line is one request such as "
+                                 '{"query": "my kids loved it", "n_items": 3}') from None
+            count += 1
+    if not count:
+        raise UsageError(f"queries file {path} has no request lines")
+    return count
+
+
+def _split_for_instances(path: Path, parts: int, directory: Path) -> list[Path]:
+    """`parts` files of consecutive lines (named after the lines they hold), so that N instances share the work."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    parts = max(1, min(parts, len(lines)))
+    size = -(-len(lines) // parts)
+    files = []
+    for number, start in enumerate(range(0, len(lines), size), 1):
+        chunk = lines[start:start + size]
+        stem = path.name.split(".")[0]
+        target = directory / f"{stem}.part-{number:05d}-lines-{start + 1}-{start + len(chunk)}.jsonl"
+        target.write_bytes(b"".join(chunk))
+        files.append(target)
+    return files
+
+
+def cmd_transform(settings, args) -> int:
+    """Batch transform: every line of QUERIES.jsonl through the serving code, the answers in RESULTS.jsonl."""
+    import datetime
+    import os
+    import tempfile
+
+    from local_runs import job
+    from local_runs.backends import open_backend
+
+    queries, out = Path(args.queries), Path(args.out)
+    count = _check_queries_file(queries)
+    model_data = args.model_data or _last_model(settings)["model_data"]
+    run = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S-%f")[:-3]
+    if args.instances < 1:
+        raise UsageError(f"--instances must be at least 1, got {args.instances}")
+    with open_backend(settings, persistent=True) as backend, tempfile.TemporaryDirectory() as scratch:
+        backend.check_model(model_data)
+        # One object per instance: SageMaker deals whole objects across instances.
+        parts = _split_for_instances(queries, args.instances, Path(scratch)) if args.instances > 1 else [queries]
+        for part in parts:
+            input_uri = backend.upload(part, prefix=f"review-search/transform/{run}/input")
+        output_uri = backend.transform_output_uri(run)
+        print(f"transforming {count} queries from {queries} with {model_data} on {args.instances} instance(s) "
+              f"({args.strategy})", flush=True)
+        started = time.perf_counter()
+        transformer = job.transform(backend, model_data, input_uri, output_uri, instance_count=args.instances,
+                                    strategy=args.strategy, max_payload=args.max_payload,
+                                    max_concurrent_transforms=args.max_concurrent)
+        elapsed = time.perf_counter() - started
+        name = transformer.latest_transform_job.name
+        if not backend.runs_jobs:
+            print(f"transform job {name} (dry run, nothing ran): no results to write to {out}")
+            return 0
+        bucket, _, prefix = output_uri[len("s3://"):].partition("/")
+        keys = [f"{prefix}/{part.name}.out" for part in parts]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(handle)
+        try:
+            with open(temp, "wb") as whole:
+                for key in keys:  # the parts' answers, in the parts' order
+                    whole.write(backend.session.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            os.replace(temp, out)  # RESULTS.jsonl appears only whole
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+    answers = sum(1 for line in out.read_bytes().splitlines() if line.strip())
+    print(f"transform job {name}: {answers} answers for {count} queries in {elapsed:.1f} s "
+          f"({count / elapsed:.1f} queries/s) -> {out} (from s3://{bucket}/{prefix}/)")
+    return 0
+
+
 def cmd_predict(settings, args) -> int:
     from local_runs import job
     from local_runs.backends import open_backend

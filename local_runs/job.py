@@ -68,3 +68,20 @@ def predictor_for(backend, endpoint_name: str):
 
 def predict(predictor, query, n_items: int = 3, **filters) -> dict:
     return predictor.predict({"query": query, "n_items": n_items, **filters})
+
+
+JSONLINES = "application/jsonlines"
+
+
+def transform(backend, model_data: str, input_uri: str, output_uri: str | None = None, instance_count: int = 1,
+              strategy: str | None = "MultiRecord", max_payload: int | None = None,
+              max_concurrent_transforms: int | None = None, wait: bool = True):
+    """Batch transform: every line of every object under `input_uri` is a request; answers land in `x.out`."""
+    transformer = make_model(backend, model_data).transformer(
+        instance_count=instance_count, instance_type=backend.instance_type, strategy=strategy,
+        assemble_with="Line", output_path=output_uri, accept=JSONLINES, max_payload=max_payload,
+        max_concurrent_transforms=max_concurrent_transforms,
+    )
+    transformer.transform(input_uri, content_type=JSONLINES, split_type="Line", wait=wait,
+                          logs=backend.tails_transform_logs)
+    return transformer

@@ -6,6 +6,7 @@
         backend.instance_type  # "local" for sim/docker, ml.m4.xlarge (configurable) on SageMaker
         backend.upload(path)   # -> s3:// URI of the training data, via the SDK's own upload_data
         backend.check_model(model_data)     # before deploy: is the model where the backend can reach it?
+        backend.transform_output_uri(run)   # where `local-runs transform` has its job write
         backend.list_endpoints()            # [{"name", "status", ...}]
         backend.delete_endpoint(name)       # -> what was deleted, one line each
         type(backend).shutdown(settings)    # stop what the backend left running between commands
@@ -41,6 +42,8 @@ class Backend:
 
     name: ClassVar[str] = ""
     remembers_models: ClassVar[bool] = True  # False: a fit trains nothing (dry run), remember nothing
+    runs_jobs: ClassVar[bool] = True  # False: jobs are only printed (dry run): no transform output to fetch
+    tails_transform_logs: ClassVar[bool] = True  # transform(wait=True) follows the job's log (CloudWatch on SageMaker)
 
     def __init__(self, settings: Settings, session, role: str, bucket: str,
                  closers: list[Callable[[], None]] | None = None, extra: dict | None = None):
@@ -69,6 +72,10 @@ class Backend:
     # --- what differs between backends ----------------------------------------------------------
     def check_model(self, model_data: str) -> None:
         """Before deploy: raise UsageError when the model cannot be reached. Default: the service decides."""
+
+    def transform_output_uri(self, run: str) -> str:
+        """The S3 folder a `local-runs transform` run writes its `x.out` objects to."""
+        return f"s3://{self.bucket}/{PROJECT_PREFIX}/transform/{run}/output"
 
     def endpoint_log_hint(self, name: str) -> str:
         """Where the serving log of endpoint `name` can be read, for messages while it starts."""

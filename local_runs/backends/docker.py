@@ -277,6 +277,9 @@ class DockerBackend(Backend):
     """The SDK's own LocalSession; S3 from docker-compose.yml (see the module docstring)."""
 
     name = "docker"
+    # The SDK's LocalSession has no CloudWatch: Transformer.transform(logs=True) would ask AWS for log
+    # streams with the dummy credentials. Its local transform job blocks until done anyway.
+    tails_transform_logs = False
 
     @classmethod
     def open(cls, settings: Settings, persistent: bool = False) -> "DockerBackend":

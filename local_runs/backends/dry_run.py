@@ -8,8 +8,8 @@ and botocore has validated it against the service model, before anything is sign
 
 * SageMaker (`CreateTrainingJob`, `CreateModel`, `CreateEndpointConfig`, `CreateEndpoint`,
   `Delete*`) and SageMaker Runtime (`InvokeEndpoint`): printed, then answered here with a
-  plausible response from a small in-memory model of what was "created" (a training job is
-  Completed at once, an endpoint InService, an endpoint answers `{}`). Reads (`Describe*`,
+  plausible response from a small in-memory model of what was "created" (a training or
+  transform job (`CreateTransformJob`) is Completed at once, an endpoint InService, an endpoint answers `{}`). Reads (`Describe*`,
   `List*`) are answered without printing.
 * CloudWatch Logs (the SDK tails training logs): answered empty.
 * S3 (the training data, `sourcedir.tar.gz`, the repacked `model.tar.gz`): uploads are printed
@@ -256,6 +256,7 @@ class DryRunBackend(SageMakerBackend):
     """The sagemaker backend with every request printed and answered here; nothing is sent, nothing trained."""
 
     remembers_models = False
+    runs_jobs = False
 
     @classmethod
     def open(cls, settings, persistent: bool = False, out=None) -> "DryRunBackend":

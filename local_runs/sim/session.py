@@ -14,8 +14,8 @@ Differences from ``LocalSession`` a user may notice: training failures surface f
 ``fit()`` as ``UnexpectedStatusException`` with the job's FailureReason; ``deploy`` returns as
 soon as ``/ping`` answers (no 30 s polls); endpoints get free ports, so several live side by
 side; a container 4xx/5xx raises ``ModelError``; processing jobs run (``processing.py``), also
-with ``wait=False`` and on several instances with ShardedByS3Key inputs. Transform jobs
-are not simulated. The session refuses non-local S3/runtime endpoints and blocks any request its
+with ``wait=False`` and on several instances with ShardedByS3Key inputs. Batch transform
+jobs run on the sim's serving processes (``transform.py``). The session refuses non-local S3/runtime endpoints and blocks any request its
 boto3 session would send off this machine (``netguard.py``).
 """
 from __future__ import annotations
@@ -149,8 +149,37 @@ class SimSagemakerClient(LocalSagemakerClient):
         if job is not None and hasattr(job, "wait"):
             job.wait()
 
-    def create_transform_job(self, *args, **kwargs):
-        raise NotImplementedError("sim does not run batch transform jobs; use the docker backend")
+    def create_transform_job(self, TransformJobName, ModelName, TransformInput, TransformOutput,  # noqa: N803
+                             TransformResources, **kwargs):
+        """Start a batch transform job on sim serving processes (``transform.py``); returns at once."""
+        from local_runs.sim.transform import SimTransformJob, TransformValidationError
+
+        if TransformJobName in LocalSagemakerClient._transform_jobs:
+            raise ClientError({"Error": {"Code": "ValidationException", "Message":
+                               f"Job name must be unique within an AWS account and region, and a job with this "
+                               f"name already exists ({TransformJobName})"}}, "CreateTransformJob")
+        primary = self.describe_model(ModelName)["PrimaryContainer"]
+        request = {"TransformJobName": TransformJobName, "ModelName": ModelName, "TransformInput": TransformInput,
+                   "TransformOutput": TransformOutput, "TransformResources": TransformResources, **kwargs}
+        try:
+            job = SimTransformJob(request, primary, self.sagemaker_session)
+        except TransformValidationError as exc:
+            raise ClientError({"Error": {"Code": "ValidationException", "Message": str(exc)}},
+                              "CreateTransformJob") from None
+        LocalSagemakerClient._transform_jobs[TransformJobName] = job
+        job.start()
+
+    def stop_transform_job(self, TransformJobName):  # noqa: N803
+        job = LocalSagemakerClient._transform_jobs.get(TransformJobName)
+        if job is None:
+            raise _not_found("stop_transform_job", "Could not find local transform job")
+        job.stop()
+
+    def wait_transform_job(self, name: str) -> None:
+        """Block until the transform job ends (Ctrl-C stops it)."""
+        job = LocalSagemakerClient._transform_jobs.get(name)
+        if job is not None and hasattr(job, "wait"):
+            job.wait()
 
 
 def _validate(name: str, operation: str) -> None:
@@ -269,6 +298,17 @@ class SimSession(LocalSession):
         # The hosts' output is streamed while they run; waiting is all that remains.
         if wait:
             self.wait_for_processing_job(job_name)
+
+    def wait_for_transform_job(self, job, poll=5):
+        self.sagemaker_client.wait_transform_job(job)
+        desc = self.sagemaker_client.describe_transform_job(TransformJobName=job)
+        _check_job_status(job, desc, "TransformJobStatus")
+        return desc
+
+    def logs_for_transform_job(self, job_name, wait=False, poll=10):
+        # Progress is printed while the job runs; waiting is all that remains.
+        if wait:
+            self.wait_for_transform_job(job_name)
 
     def logs_for_job(self, job_name, wait=False, poll=5, log_type="All"):
         # The output was streamed while the job ran; only the final status remains to check.
