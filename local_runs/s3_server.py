@@ -455,14 +455,15 @@ def discover_daemon(port_file: str | os.PathLike) -> dict[str, Any] | None:
 
 def ensure_daemon(
     port_file: str | os.PathLike, bucket: str = DEFAULT_BUCKET, region: str = DEFAULT_REGION,
-    port: int = 0, log_path: str | os.PathLike | None = None, timeout: float = 60.0,
+    port: int = 0, log_path: str | os.PathLike | None = None, timeout: float = 300.0,
     store: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The live S3 daemon's info, starting a detached one if none is running.
 
     An existing daemon is reused as is (its bucket is created if missing). A new one keeps its
     objects in ``store`` (default: ``s3`` beside the port file, i.e. ``store_dir(state_dir)``) and
-    starts with what is there.
+    starts with what is there (it announces itself once they are loaded, hence the long
+    ``timeout``; a daemon that fails exits and is reported at once).
     """
     from local_runs.netguard import require_local_environment
 
