@@ -282,9 +282,11 @@ def cmd_endpoints(settings, args) -> int:
     if not found:
         print("no endpoints")
         return 0
-    print(f"{'NAME':<32} {'STATUS':<12} URL")
+    restarts = any("restarts" in e for e in found)  # sim counts replaced workers
+    print(f"{'NAME':<32} {'STATUS':<12} " + (f"{'RESTARTS':>8}  " if restarts else "") + "URL")
     for e in found:
-        print(f"{e['name']:<32} {e.get('status', '?'):<12} {e.get('url', '')}".rstrip())
+        count = f"{e.get('restarts') or 0:>8}  " if restarts else ""
+        print(f"{e['name']:<32} {e.get('status', '?'):<12} {count}{e.get('url', '')}".rstrip())
         if e.get("status") == "Failed" and e.get("failure_reason"):
             print(f"  {' '.join(str(e['failure_reason']).splitlines()[:1])[:300]}")
     return 0

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# bench/ modules shared with tests (the load client) import as top-level modules, as the benchmarks do.
+if str(ROOT / "bench") not in sys.path:
+    sys.path.append(str(ROOT / "bench"))
 FIXTURES = ROOT / "fixtures"
 TOYS_10K = ROOT.parent / "shared" / "data" / "toys-10k" / "reviews.csv"
 

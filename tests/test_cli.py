@@ -125,15 +125,15 @@ def test_endpoints_prints_a_header_row(monkeypatch, capsys, tmp_path):
             pass
 
         def list_endpoints(self):
-            return [{"name": "review-search", "status": "InService", "url": "http://127.0.0.1:1234"},
+            return [{"name": "review-search", "status": "InService", "url": "http://127.0.0.1:1234", "restarts": 2},
                     {"name": "broken", "status": "Failed", "failure_reason": "the model did not load\nmore"}]
 
     monkeypatch.setattr(backends, "open_backend", lambda settings, persistent=False: Listing())
     assert main(["--state-dir", str(tmp_path), "endpoints"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "STATUS", "URL"]
-    assert lines[1].split() == ["review-search", "InService", "http://127.0.0.1:1234"]
-    assert lines[2].split()[:2] == ["broken", "Failed"] and lines[3].strip() == "the model did not load"
+    assert lines[0].split() == ["NAME", "STATUS", "RESTARTS", "URL"]
+    assert lines[1].split() == ["review-search", "InService", "2", "http://127.0.0.1:1234"]
+    assert lines[2].split()[:3] == ["broken", "Failed", "0"] and lines[3].strip() == "the model did not load"
     assert lines[0].index("STATUS") == lines[1].index("InService")
 
 

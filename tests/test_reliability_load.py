@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, require_toys_10k
+from load_client import run_load
 from local_runs import job
 from local_runs.backends import open_backend
 from local_runs.config import load_settings
@@ -103,32 +104,16 @@ def endpoint(model_dir, tmp_path_factory):
             predictor.delete_endpoint()
 
 
-def _client(port: int, cases, offset: int, latencies: list, errors: list) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        for i in range(N_REQUESTS):
-            query, expected = cases[(offset + i) % len(cases)]
-            body = json.dumps({"query": query, "n_items": N_ITEMS})
-            started = time.perf_counter()
-            try:
-                conn.request("POST", "/invocations", body=body,
-                             headers={"Content-Type": "application/json", "Accept": "application/json"})
-                response = conn.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                errors.append(f"{query[:40]!r}: {type(exc).__name__}: {exc}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                continue
-            latencies.append(time.perf_counter() - started)
-            if response.status != 200:
-                errors.append(f"{query[:40]!r}: HTTP {response.status} {payload[:200]!r}")
-                continue
-            answer = json.loads(payload)
-            if answer["pred0"]["product_id"] != expected or len(answer) != N_ITEMS:
-                errors.append(f"{query[:40]!r}: got {answer['pred0']['product_id']}, expected {expected}")
-    finally:
-        conn.close()
+def _expect(expected: str):
+    """The check for one query: a 200 with N_ITEMS products, the expected one first."""
+    def check(status: int, payload: bytes) -> str | None:
+        if status != 200:
+            return f"HTTP {status} {payload[:200]!r}"
+        answer = json.loads(payload)
+        if answer["pred0"]["product_id"] != expected or len(answer) != N_ITEMS:
+            return f"got {answer['pred0']['product_id']}, expected {expected}"
+        return None
+    return check
 
 
 class SlowClients:
@@ -196,23 +181,18 @@ def test_slow_clients_do_not_block_a_single_threaded_worker(endpoint, queries):
 
 
 def test_eight_clients_five_hundred_requests_each(endpoint, queries):
-    latencies: list[float] = []
-    errors: list[str] = []
+    def request(client: int, i: int):
+        query, expected = queries[(client * 5 + i) % len(queries)]
+        return {"query": query, "n_items": N_ITEMS}, _expect(expected)
+
     with SlowClients(endpoint["port"]):
-        threads = [threading.Thread(target=_client, args=(endpoint["port"], queries, i * 5, latencies, errors))
-                   for i in range(N_CLIENTS)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=1200)
-        wall = time.perf_counter() - started
+        result = run_load(endpoint["port"], N_CLIENTS, N_REQUESTS, request)
+    latencies, errors, wall = result.latencies, result.errors, result.elapsed
     total = N_CLIENTS * N_REQUESTS
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99)) if latencies else (0.0, 0.0)
     print(f"\nload: {total} requests ({N_CLIENTS} clients x {N_REQUESTS}) on {SUBSET or 'all 10k'} toys-10k reviews, "
           f"1 worker x 1 thread, 3 slow clients alongside: {len(errors)} errors, p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms, max {max(latencies, default=0) * 1000:.0f} ms, {total / wall:.0f} requests/s")
-    assert not any(thread.is_alive() for thread in threads)
     assert errors == [], errors[:10]
     assert len(latencies) == total
     # 8 clients share one worker: a request waits for at most the 7 ahead of it

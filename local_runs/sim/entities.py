@@ -113,4 +113,6 @@ class SimEndpoint(_LocalEndpoint):
         response = super().describe()
         if self.failure_reason:
             response["FailureReason"] = self.failure_reason
+        if self.state_dir is not None:  # sim only: workers replaced since it started
+            response["WorkerRestarts"] = registry.restarts(registry.read(self.state_dir, self.name))
         return response

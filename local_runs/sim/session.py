@@ -206,6 +206,7 @@ def _describe_record(record: dict) -> dict:
         "CreationTime": datetime.datetime.fromtimestamp(record.get("created") or 0),
         "ProductionVariants": [{"VariantName": record.get("variant_name") or "AllTraffic"}],
         "FailureReason": record.get("failure_reason"),
+        "WorkerRestarts": registry.restarts(record),  # sim only: workers replaced since it started
     }
 
 

@@ -27,6 +27,7 @@ LIMITS = {
     "min_star_rating": [query_request.MIN_STAR_RATING, query_request.MAX_STAR_RATING],
     "offset": [0, query_request.MAX_OFFSET],
     "query_chars": query_request.MAX_QUERY_CHARS,
+    "query_sentences": query_request.MAX_QUERY_SENTENCES,
 }
 DEFAULT_N_ITEMS = 5  # the page shows a few more than the endpoint's default of 3
 
