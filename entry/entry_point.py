@@ -3,7 +3,8 @@
 Thin glue over `knn` (shipped beside this file with `dependencies=['knn']`).
 
 Training (sagemaker-training toolkit): reads the reviews file in SM_CHANNEL_TRAIN, writes a model dir
-into SM_MODEL_DIR. Hyperparameters arrive as --long-names: --index-kind auto|graph|exact,
+into SM_MODEL_DIR. With a channel `embedded` (SM_CHANNEL_EMBEDDED: the output of entry/embed.py, the first
+step of a two-step fit) it joins the precomputed sentences and vectors instead and builds the index. Hyperparameters arrive as --long-names: --index-kind auto|graph|exact,
 --threads N, --batch-size N, --n-neighbors N. A bad reviews file ends the job with a one-line reason.
 
 Serving (sagemaker-inference toolkit): `application/json` bodies `{"query": str | [str], "n_items": int}`,
@@ -49,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-neighbors", "--n_neighbors", type=int, default=None)
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
+    parser.add_argument("--embedded", default=os.environ.get("SM_CHANNEL_EMBEDDED"),
+                        help="the embed step's output (two-step fit): build the model from its sentences and vectors")
     return parser.parse_args(argv)
 
 
@@ -57,6 +60,15 @@ def train(argv=None) -> dict:
     from knn.reviews import find_reviews_file
 
     args = parse_args(argv)
+    if args.embedded:  # the index step of a two-step fit (entry/embed.py embedded the parts)
+        from knn.shards import build_model_dir_from_shards
+
+        log.info("index step: joining the embedded parts in %s -> %s (index %s)", args.embedded, args.model_dir,
+                 args.index_kind)
+        figures = build_model_dir_from_shards(args.embedded, args.model_dir, index_kind=args.index_kind,
+                                              n_neighbors=args.n_neighbors)
+        log.info("model written: %s", json.dumps(figures))
+        return figures
     reviews = find_reviews_file(args.train)
     log.info("training on %s -> %s (index %s, %d threads)", reviews, args.model_dir, args.index_kind, args.threads)
     figures = build_model_dir(reviews, args.model_dir, index_kind=args.index_kind, threads=max(1, args.threads),

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reviews CSV/TSV, optionally .gz (default: the 111 fixture reviews shipped with the package)")
         p.add_argument("--index-kind", choices=["auto", "graph", "exact"],
                        help="kNN index: graph (pynndescent), exact, or auto (graph from 5,000 vectors; default)")
+        p.add_argument("--instances", type=int, default=1, metavar="N",
+                       help="1 (default): one training job; N > 1: a big catalogue's two-step fit, an embed "
+                            "processing job on N instances (reviews split into N part files, dealt by S3 key), "
+                            "then the index training job on one")
 
     def n_items_option(p):
         p.add_argument("--n-items", type=int, default=3, metavar="N", help="products per query, 1-100 (default 3)")

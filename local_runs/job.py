@@ -3,6 +3,9 @@
     est = PyTorch(entry_point='entry_point.py', source_dir='entry', dependencies=['knn'], ...)
     est.fit({'train': s3_uri}); predictor = est.deploy(...); predictor.predict({...}); predictor.delete_endpoint()
 
+A big catalogue is fitted in two steps: `embed` (a PyTorchProcessor job running entry/embed.py on N
+instances over review part files) and `fit_embedded` (the training job reading its output).
+
 Nothing here knows which backend runs it: `backend` carries the session, role and instance type.
 """
 from __future__ import annotations
@@ -44,6 +47,54 @@ def make_model(backend, model_data: str):
 def fit(backend, train_uri: str, hyperparameters: dict | None = None):
     estimator = make_estimator(backend, hyperparameters)
     estimator.fit({"train": train_uri}, logs=True)
+    return estimator
+
+
+EMBED_ENTRY = "embed.py"  # the two-step fit's first step: a processing job (entry/embed.py)
+EMBED_INPUT = "/opt/ml/processing/input/reviews"
+EMBED_OUTPUT = "/opt/ml/processing/output/embedded"
+
+
+def make_embed_processor(backend, instances: int):
+    from sagemaker.pytorch.processing import PyTorchProcessor
+
+    return PyTorchProcessor(
+        framework_version=backend.settings.framework_version, py_version=backend.settings.py_version,
+        role=backend.role, instance_count=instances, instance_type=backend.instance_type,
+        sagemaker_session=backend.session, base_job_name="review-search-embed",
+    )
+
+
+def embed(backend, parts_uri: str, instances: int, wait: bool = True):
+    """Step 1 of a big fit: embed the review parts under `parts_uri` on `instances` instances.
+
+    The parts are dealt to the instances by S3 key (ShardedByS3Key). Where the service refuses that
+    (the SDK's local mode: `backend.shards_inputs` is False) every instance gets every part and
+    embed.py takes its own share by host index. Returns the processor; its job's output (one shard per
+    part) is `embedded_uri(processor)`."""
+    from sagemaker.processing import ProcessingInput, ProcessingOutput
+
+    processor = make_embed_processor(backend, instances)
+    sharded = backend.shards_inputs or instances == 1
+    processor.run(
+        code=EMBED_ENTRY, source_dir=str(SOURCE_DIR), dependencies=DEPENDENCIES,
+        inputs=[ProcessingInput(source=parts_uri, destination=EMBED_INPUT, input_name="reviews",
+                                s3_data_distribution_type="ShardedByS3Key" if sharded else "FullyReplicated")],
+        outputs=[ProcessingOutput(source=EMBED_OUTPUT, output_name="embedded")],
+        arguments=["--input", EMBED_INPUT, "--output", EMBED_OUTPUT] + ([] if sharded else ["--share-by-host"]),
+        wait=wait, logs=wait,
+    )
+    return processor
+
+
+def embedded_uri(processor) -> str:
+    return processor.latest_job.outputs[0].destination
+
+
+def fit_embedded(backend, embedded: str, hyperparameters: dict | None = None):
+    """Step 2 of a big fit: the training job, on one instance, joins step 1's output and builds the index."""
+    estimator = make_estimator(backend, hyperparameters)
+    estimator.fit({"embedded": embedded}, logs=True)
     return estimator
 
 

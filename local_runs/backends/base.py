@@ -42,6 +42,9 @@ class Backend:
 
     name: ClassVar[str] = ""
     remembers_models: ClassVar[bool] = True  # False: a fit trains nothing (dry run), remember nothing
+    # False: the service refuses S3DataDistributionType ShardedByS3Key (the SDK's local mode); a multi-instance
+    # job then gets every object on every host and each host takes its own share (see entry/embed.py)
+    shards_inputs: ClassVar[bool] = True
     runs_jobs: ClassVar[bool] = True  # False: jobs are only printed (dry run): no transform output to fetch
     tails_transform_logs: ClassVar[bool] = True  # transform(wait=True) follows the job's log (CloudWatch on SageMaker)
 
@@ -68,6 +71,10 @@ class Backend:
         path = Path(path)
         uri = self.session.upload_data(str(path), bucket=self.bucket, key_prefix=f"{prefix}/{path.stem.split('.')[0]}")
         return uri.rsplit("/", 1)[0]
+
+    def upload_parts(self, directory: str | Path, name: str, prefix: str = DATA_PREFIX) -> str:
+        """Upload a folder of review part files (a two-step fit's input); returns the s3:// folder URI."""
+        return self.session.upload_data(str(directory), bucket=self.bucket, key_prefix=f"{prefix}/{name}")
 
     # --- what differs between backends ----------------------------------------------------------
     def check_model(self, model_data: str) -> None:

@@ -277,6 +277,7 @@ class DockerBackend(Backend):
     """The SDK's own LocalSession; S3 from docker-compose.yml (see the module docstring)."""
 
     name = "docker"
+    shards_inputs = False  # the SDK's local mode refuses ShardedByS3Key (RuntimeError)
     # The SDK's LocalSession has no CloudWatch: Transformer.transform(logs=True) would ask AWS for log
     # streams with the dummy credentials. Its local transform job blocks until done anyway.
     tails_transform_logs = False
