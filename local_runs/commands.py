@@ -77,6 +77,48 @@ def _last_model(settings) -> dict:
     return json.loads(path.read_text())
 
 
+def _fit_any(backend, reviews: Path, args, timings: dict | None = None):
+    """`--instances 1`: upload the reviews file and fit (one training job). N > 1: the two-step fit."""
+    instances = getattr(args, "instances", 1) or 1
+    if instances < 1:
+        raise UsageError(f"--instances must be at least 1, got {instances}")
+    if instances == 1:
+        if timings is None:  # `fit`: as before, no phases
+            return _fit(backend, backend.upload(reviews), _hyperparameters(args))
+        with _phase("upload", timings):
+            train_uri = backend.upload(reviews)
+            print(f"training data: {train_uri}")
+        with _phase("fit", timings):
+            return _fit(backend, train_uri, _hyperparameters(args))
+    return _fit_two_steps(backend, reviews, instances, _hyperparameters(args), timings if timings is not None else {})
+
+
+def _fit_two_steps(backend, reviews: Path, instances: int, hyperparameters: dict, timings: dict):
+    """Split the reviews into `instances` part files, embed them on `instances` instances, index on one."""
+    import tempfile
+
+    from knn.shards import split_reviews_file
+    from local_runs import job
+
+    global _interrupted
+    with _phase("upload", timings), tempfile.TemporaryDirectory(prefix="review-parts-") as parts_dir:
+        parts = split_reviews_file(reviews, parts_dir, instances)
+        parts_uri = backend.upload_parts(parts_dir, f"{reviews.name.split('.')[0]}-{len(parts)}-parts")
+        print(f"review parts: {parts_uri} ({len(parts)} files)")
+    _interrupted = False
+    with _phase(f"embed ({instances} instances)", timings):
+        processor = job.embed(backend, parts_uri, instances)
+        if _interrupted:
+            raise KeyboardInterrupt
+        embedded = job.embedded_uri(processor)
+        print(f"embedded parts: {embedded}")
+    with _phase("index (1 instance)", timings):
+        estimator = job.fit_embedded(backend, embedded, hyperparameters)
+        if _interrupted:
+            raise KeyboardInterrupt
+    return estimator
+
+
 def _hyperparameters(args) -> dict:
     return {"index-kind": args.index_kind} if getattr(args, "index_kind", None) else {}
 
@@ -98,12 +140,8 @@ def cmd_cycle(settings, args) -> int:
     start = time.perf_counter()
     with open_backend(settings) as backend:
         print(f"backend: {backend.name} (instance type {backend.instance_type})")
-        with _phase("upload", timings):
-            train_uri = backend.upload(reviews)
-            print(f"training data: {train_uri}")
-        with _phase("fit", timings):
-            estimator = _fit(backend, train_uri, _hyperparameters(args))
-            print(f"model: {estimator.model_data}")
+        estimator = _fit_any(backend, reviews, args, timings)
+        print(f"model: {estimator.model_data}")
         with _phase("deploy", timings):
             predictor = job.deploy(estimator, backend)
         try:
@@ -130,8 +168,7 @@ def cmd_fit(settings, args) -> int:
 
     reviews = _reviews_path(args)
     with open_backend(settings, persistent=True) as backend:
-        train_uri = backend.upload(reviews)
-        estimator = _fit(backend, train_uri, _hyperparameters(args))
+        estimator = _fit_any(backend, reviews, args)
         if not backend.remembers_models:  # a dry run trained nothing: remember nothing
             print(f"model (dry run, not trained): {estimator.model_data}")
             return 0
