@@ -73,10 +73,10 @@ class Ranking:
     short_words: int = 3  # passages with at most this many words ...
     short_weight: float = 0.8  # ... have their similarity multiplied by this
     headlines: bool = True  # review headlines are passages too
-    negation_penalty: float = 0.0  # subtracted from a passage's similarity when it and the query sentence disagree on negation
+    negation_penalty: float = 0.05  # subtracted from a passage's similarity when it and the query sentence disagree on negation
     review_weight: float = 0.0  # x similarity of the whole review (mean of its passage vectors), added per review
     second_weight: float = 0.0  # x the product's second-best review (another review saying it too), added
-    window_weight: float = 0.0  # two adjacent body sentences as one more passage (sum of their vectors), x this
+    window_weight: float = 1.0  # two adjacent body sentences as one more passage (sum of their vectors), x this
 
     def __post_init__(self):
         if self.lexical_norm not in ("coverage", "max"):
@@ -99,7 +99,8 @@ class Ranking:
 
 
 # The seed's ranking (best body sentence, mean over query sentences), kept for comparisons.
-BASELINE_RANKING = Ranking(lexical_weight=0.0, short_weight=1.0, headlines=False)
+BASELINE_RANKING = Ranking(lexical_weight=0.0, short_weight=1.0, headlines=False, negation_penalty=0.0,
+                           window_weight=0.0)
 
 
 @dataclass(frozen=True)

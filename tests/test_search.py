@@ -83,30 +83,64 @@ def test_empty_body_reviews_stay_in_catalog_without_sentences(fixture_search):
 
 def test_score_is_dense_plus_lexical(fixture_search):
     """The default ranking, recomputed from the corpus: weighted best passage per query sentence
-    (body sentences and kept headlines, <= 3 words x0.8), mean over query sentences, plus
-    lexical_weight x the best BM25 coverage among the product's reviews and passages."""
+    (body sentences, kept headlines (<= 3 words x0.8) and pairs of adjacent body sentences of one
+    review (their summed vectors), minus the negation penalty where a passage and the query sentence
+    disagree on negation), mean over query sentences, plus lexical_weight x the best BM25 coverage
+    among the product's reviews and passages."""
+    from knn.search import negated
+
     ranking = fixture_search.ranking
-    query = ["a toy that squirts water in the tub", "the paint chipped"]
+    assert ranking.negation_penalty > 0 and ranking.window_weight > 0
+    query = ["a toy that squirts water in the tub", "the paint never chipped"]
     top = fixture_search.search(query, n_items=1)[0]
     corpus = fixture_search.corpus
     rows = corpus.catalog.index[corpus.catalog["product_id"] == top["product_id"]]
     query_vectors = fixture_search.encoder.encode(query)
+    query_negated = negated(query)
+    assert query_negated.tolist() == [False, True]
 
     def weighted(texts, vectors):
         words = texts.str.count(r"[^\W_]+").to_numpy()
         weight = np.where(words <= ranking.short_words, ranking.short_weight, 1.0)
-        return (vectors @ query_vectors.T) * weight[:, None]
+        mismatch = negated(texts)[:, None] != query_negated[None, :]
+        return (vectors @ query_vectors.T) * weight[:, None] - ranking.negation_penalty * mismatch
 
     body = corpus.sentences["review_row"].isin(rows).to_numpy()
     heads = corpus.headlines["review_row"].isin(rows).to_numpy()
-    sims = np.vstack([weighted(corpus.sentences["sentence"][body], corpus.vectors[body]),
-                      weighted(corpus.headlines["headline"][heads], corpus.headline_vectors[heads])])
+    sentences, owners = corpus.sentences["sentence"][body], corpus.sentences["review_row"][body].to_numpy()
+    pairs = np.flatnonzero(owners[1:] == owners[:-1])
+    summed = corpus.vectors[body][pairs] + corpus.vectors[body][pairs + 1]
+    windows = (summed / np.linalg.norm(summed, axis=1, keepdims=True)) @ query_vectors.T
+    pair_negated = negated(sentences.to_numpy()[pairs]) | negated(sentences.to_numpy()[pairs + 1])
+    windows = ranking.window_weight * windows - ranking.negation_penalty * (pair_negated[:, None] != query_negated[None, :])
+    sims = np.vstack([weighted(sentences, corpus.vectors[body]),
+                      weighted(corpus.headlines["headline"][heads], corpus.headline_vectors[heads]), windows])
     dense = sims.max(axis=0).mean()
     by_review = corpus.lexical.scores(query)[rows].max() / corpus.lexical.full_match(query)
     passages = np.concatenate([body, heads])  # passage rows: body sentences, then headlines
     by_passage = corpus.passage_lexical.scores(query)[passages].max() / corpus.passage_lexical.full_match(query)
     expected = dense + ranking.lexical_weight * min(max(by_review, by_passage), 1.0)
     assert top["product_search_score"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_negation_in_the_query_prefers_passages_that_negate_too(fixture_search):
+    from knn.search import negated
+
+    assert negated(["it never leaks", "It doesn't leak", "cant complain", "no problems", "it leaks",
+                    "Nothing broke", "nobody", "knot", "notable"]).tolist() == [
+        True, True, True, True, False, True, True, False, False]
+    plain = fixture_search.with_ranking(fixture_search.ranking.replace(negation_penalty=0.0))
+    query = "the paint never chipped"
+    vectors = fixture_search.encoder.encode([query])
+    with_penalty = fixture_search.search_vectors(vectors, 5, [query])
+    without = plain.search_vectors(vectors, 5, [query])
+    # The penalty only ever lowers a score, by at most its size.
+    by_product = {r["product_id"]: r["product_search_score"] for r in without}
+    shared = [r for r in with_penalty if r["product_id"] in by_product]
+    assert shared
+    for result in shared:
+        before = by_product[result["product_id"]]
+        assert before - 0.05 - 1e-5 <= result["product_search_score"] <= before + 1e-5
 
 
 def test_rankings_differ_only_where_configured(fixture_search):
