@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     if not Path(args.reviews).is_file():
         sys.exit(f"no reviews file at {args.reviews}; pass --reviews PATH")
 
-    from knn.encoder import onnx_model_path
+    from knn.encoder_export import onnx_model_path
 
     onnx_model_path()  # the once-per-machine export is not part of a fit
     runs = []

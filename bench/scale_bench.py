@@ -169,7 +169,7 @@ def build(model_dir: Path, n_sentences: int, texts: str | None, index_kind: str,
     step("bm25_s", mark)
     mark = time.perf_counter()
     if encoder is None:
-        from knn.encoder import onnx_model_path
+        from knn.encoder_export import onnx_model_path
 
         encoder = onnx_model_path()
     corpus = Corpus(catalog, table, vectors, headlines, headline_vectors, lexical, passage_lexical)

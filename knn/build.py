@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from knn.encoder import load_encoder, onnx_model_path
+from knn.encoder import DEFAULT_PRECISION, check_precision, load_encoder
+from knn.encoder_export import encoder_model_path
 from knn.index import build_index
 from knn.lexical import LexicalIndex, kept_headline, passage_documents, review_documents
 from knn.model_dir import save_model_dir
@@ -34,20 +35,26 @@ def build_corpus(catalog: pd.DataFrame, encoder, batch_size: int = 64) -> Corpus
 
 
 def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind: str = "auto",
-                    threads: int = 1, batch_size: int = 64, n_neighbors: int | None = None) -> dict:
-    """Build a model dir from a reviews file; return the measured figures (counts and seconds)."""
+                    threads: int = 1, batch_size: int = 64, n_neighbors: int | None = None,
+                    precision: str = DEFAULT_PRECISION) -> dict:
+    """Build a model dir from a reviews file; return the measured figures (counts and seconds).
+
+    `precision`: the encoder's arithmetic, `float32` or `int8` (knn.encoder_export); the model dir
+    keeps that encoder, so serving embeds queries as the sentences were embedded."""
+    check_precision(precision)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     catalog = read_reviews(reviews_path)
     timings["read_s"] = time.perf_counter() - start
     log.info("read %d reviews of %d products from %s", len(catalog), catalog["product_id"].nunique(), reviews_path)
 
-    encoder_path = onnx_model_path()  # exported once per machine, then cached
-    encoder = load_encoder(encoder_path, threads=threads, verify=False)  # onnx_model_path just checked it
+    encoder_path = encoder_model_path(precision)  # built once per machine, then cached
+    encoder = load_encoder(encoder_path, threads=threads, verify=False)  # encoder_model_path just checked it
     mark = time.perf_counter()
     corpus = build_corpus(catalog, encoder, batch_size=batch_size)
     timings["split_embed_s"] = time.perf_counter() - mark
-    log.info("embedded %d sentences in %.1f s (%.0f sentences/s)", len(corpus.sentences), timings["split_embed_s"],
+    log.info("embedded %d sentences (%s encoder) in %.1f s (%.0f sentences/s)", len(corpus.sentences),
+             encoder.precision, timings["split_embed_s"],
              len(corpus.sentences) / max(timings["split_embed_s"], 1e-9))
 
     mark = time.perf_counter()
@@ -61,4 +68,4 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     save_model_dir(model_dir, corpus, index, encoder_path, headline_index=headline_index)
     timings["total_s"] = time.perf_counter() - start
     return {"reviews": len(catalog), "sentences": len(corpus.sentences), "headlines": len(corpus.headlines),
-            "index_kind": index.kind, **timings}
+            "index_kind": index.kind, "precision": encoder.precision, **timings}

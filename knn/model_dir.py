@@ -1,8 +1,9 @@
 """Save and load everything search needs as one self-contained directory, verified by a manifest.
 
 Layout:
-    manifest.json          format version, encoder id, index kind, counts, sha256 of every file
-    encoder/               the sentence encoder's files (a copy, so the endpoint needs no package)
+    manifest.json          format version, encoder id and precision, index kind, counts, sha256 of every file
+    encoder/               the sentence encoder's files (a copy of the one that embedded the sentences, float32
+                           or int8, so the endpoint embeds queries alike and needs no package)
     catalog.parquet        one row per review (knn.reviews.CATALOG_COLUMNS)
     sentences.parquet      sentence text and the catalog row it came from
     vectors.npy            float32 unit vectors, one row per sentence
@@ -14,7 +15,7 @@ Layout:
                            per review) and passages.* (one per body sentence, then one per headline)
 
 Model dirs written before headlines and BM25 existed still load: without headlines, and with the BM25
-index rebuilt from the catalog.
+index rebuilt from the catalog; those written before the encoder precision was recorded are float32.
 
 No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
 file's size and sha256 against the manifest before reading any of them, and refuses files that the
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from knn.encoder import ENCODER_ID, copy_model, file_sha256, load_encoder
+from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, file_sha256, load_encoder, read_settings
 from knn.errors import ModelDirError
 from knn.index import VectorIndex, load_index
 from knn.lexical import LexicalIndex, passage_documents, review_documents
@@ -54,6 +55,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     if (directory / MANIFEST).exists():
         (directory / MANIFEST).unlink()
     copy_model(encoder_path, directory / "encoder")
+    precision = encoder_precision(read_settings(directory / "encoder"))
     corpus.catalog.to_parquet(directory / "catalog.parquet", index=False)
     corpus.sentences.to_parquet(directory / "sentences.parquet", index=False)
     np.save(directory / "vectors.npy", np.ascontiguousarray(corpus.vectors, dtype=np.float32), allow_pickle=False)
@@ -82,6 +84,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     manifest = {
         "format_version": FORMAT_VERSION,
         "encoder_id": ENCODER_ID,
+        "encoder_precision": precision,
         "index_kind": index.kind,
         "counts": {
             "reviews": int(len(corpus.catalog)),
@@ -114,7 +117,15 @@ def read_manifest(directory: Path) -> dict:
         )
     if manifest.get("encoder_id") != ENCODER_ID:
         raise ModelDirError(f"{path}: encoder {manifest.get('encoder_id')!r} is not {ENCODER_ID}; rebuild the model")
+    if manifest_precision(manifest) not in PRECISIONS:
+        raise ModelDirError(f"{path}: encoder precision {manifest_precision(manifest)!r} is not one of "
+                            f"{', '.join(PRECISIONS)}; rebuild the model")
     return manifest
+
+
+def manifest_precision(manifest: dict) -> str:
+    """The encoder precision a manifest records (model dirs written before it was recorded are float32)."""
+    return manifest.get("encoder_precision", "float32")
 
 
 def verify_model_dir(directory: str | Path) -> dict:
@@ -180,6 +191,9 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
             log.info("%s has no BM25 index of %s (built by an older version); building it", directory, name)
             lexical[name] = LexicalIndex.build(documents())
     encoder = load_encoder(directory / "encoder", threads=threads, verify=False)  # verified above
+    if encoder.precision != manifest_precision(manifest):
+        raise ModelDirError(f"{directory}: the manifest says the sentences were embedded at {manifest_precision(manifest)} "
+                            f"but encoder/ is {encoder.precision}; rebuild the model")
     log.info("model loaded from %s: %s", directory, manifest["counts"])
     corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"])
     return ProductSearch(encoder, index, corpus, headline_index=headline_index)

@@ -1,12 +1,13 @@
-"""knn.encoder: offline loading by path, verified weights, unit float32 vectors equal to sentence-transformers'."""
+"""knn.encoder and knn.encoder_export (float32): offline loading by path, verified weights, unit vectors
+equal to sentence-transformers', a serving side free of torch."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from knn.encoder import (DIMENSIONS, ONNX_FILE, EncoderError, bundled_model_path, copy_model, load_encoder,
-                         onnx_model_path)
+from knn.encoder import DIMENSIONS, ONNX_FILE, EncoderError, bundled_model_path, copy_model, load_encoder
+from knn.encoder_export import onnx_model_path
 
 SENTENCES = ["My kids loved it", "The children enjoyed this toy", "The battery died",
              "Great!", "", "A much longer sentence, with punctuation; numbers 42 and 7.5, and ÜNÏCÖDE, 😀 and שלום.",
@@ -95,10 +96,44 @@ def test_wrong_weights_are_refused(tmp_path):
 def test_unsupported_pooling_is_refused(tmp_path):
     shutil.copytree(bundled_model_path(), tmp_path / "m")
     (tmp_path / "m" / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    from knn.encoder import export_onnx
+    from knn.encoder_export import export_onnx
 
     with pytest.raises(EncoderError, match="mean pooling"):
         export_onnx(tmp_path / "m", tmp_path / "out")
+
+
+def test_build_time_names_still_import_from_knn_encoder():
+    import knn.encoder
+    import knn.encoder_export
+
+    from knn.encoder import onnx_model_path as old_name
+
+    assert old_name is knn.encoder_export.onnx_model_path
+    assert knn.encoder.export_onnx is knn.encoder_export.export_onnx
+    with pytest.raises(AttributeError):
+        knn.encoder.no_such_name
+
+
+def test_runtime_module_imports_no_build_time_modules():
+    """knn.encoder alone pulls in neither torch nor onnxruntime.quantization nor knn.encoder_export."""
+    import subprocess
+    import sys
+
+    code = ("import sys, knn.encoder; "
+            "print([m for m in ('torch', 'transformers', 'onnxruntime.quantization', 'knn.encoder_export') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_float32_dir_records_its_precision(encoder):
+    from knn.encoder import encoder_precision, read_settings
+
+    assert encoder.precision == "float32"
+    assert encoder_precision(read_settings(onnx_model_path())) == "float32"  # written, or absent (older exports)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(EncoderError, match="precision"):
+        load_encoder(precision="float16")
 
 
 def test_threads_must_be_positive():

@@ -28,6 +28,18 @@ def test_manifest_lists_every_file_with_sha256(fixture_model_dir):
     assert manifest["counts"]["sentences"] > 0
 
 
+def test_manifest_records_the_encoder_precision(fixture_model_dir):
+    manifest = json.loads((fixture_model_dir / MANIFEST).read_text())
+    assert manifest["encoder_precision"] == "float32"
+
+
+def test_model_dir_without_recorded_precision_loads_as_float32(model_copy):
+    manifest = json.loads((model_copy / MANIFEST).read_text())
+    del manifest["encoder_precision"]  # written before the precision was recorded
+    (model_copy / MANIFEST).write_text(json.dumps(manifest))
+    assert load_model_dir(model_copy).encoder.precision == "float32"
+
+
 def test_no_pickle_files(fixture_model_dir):
     assert not [p for p in fixture_model_dir.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
 
