@@ -5,7 +5,8 @@ Thin glue over `knn` (shipped beside this file with `dependencies=['knn']`).
 Training (sagemaker-training toolkit): reads the reviews file in SM_CHANNEL_TRAIN, writes a model dir
 into SM_MODEL_DIR. With a channel `embedded` (SM_CHANNEL_EMBEDDED: the output of entry/embed.py, the first
 step of a two-step fit) it joins the precomputed sentences and vectors instead and builds the index. Hyperparameters arrive as --long-names: --index-kind auto|graph|exact,
---threads N, --batch-size N, --n-neighbors N. A bad reviews file ends the job with a one-line reason.
+--threads N, --batch-size N, --n-neighbors N, --precision float32|int8 (the encoder's arithmetic; the
+model dir keeps that encoder for serving). A bad reviews file ends the job with a one-line reason.
 
 Serving (sagemaker-inference toolkit): `application/json` bodies `{"query": str | [str], "n_items": int}`,
 answered as `{"pred0": {...}, "pred1": {...}}`; `application/jsonlines` bodies hold one such request per
@@ -48,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SM_NUM_CPUS", "1") or 1))
     parser.add_argument("--batch-size", "--batch_size", type=int, default=64)
     parser.add_argument("--n-neighbors", "--n_neighbors", type=int, default=None)
+    parser.add_argument("--precision", default="float32", choices=["float32", "int8"])
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     parser.add_argument("--embedded", default=os.environ.get("SM_CHANNEL_EMBEDDED"),
@@ -70,9 +72,10 @@ def train(argv=None) -> dict:
         log.info("model written: %s", json.dumps(figures))
         return figures
     reviews = find_reviews_file(args.train)
-    log.info("training on %s -> %s (index %s, %d threads)", reviews, args.model_dir, args.index_kind, args.threads)
+    log.info("training on %s -> %s (index %s, %s encoder, %d threads)", reviews, args.model_dir, args.index_kind,
+             args.precision, args.threads)
     figures = build_model_dir(reviews, args.model_dir, index_kind=args.index_kind, threads=max(1, args.threads),
-                              batch_size=args.batch_size, n_neighbors=args.n_neighbors)
+                              batch_size=args.batch_size, n_neighbors=args.n_neighbors, precision=args.precision)
     log.info("model written: %s", json.dumps(figures))
     return figures
 
