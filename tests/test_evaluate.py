@@ -1,6 +1,7 @@
 """knn.evaluate: metric functions on hand-made rankings, the queries file, the report; a CI-sized run on toys-10k."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +9,9 @@ from conftest import FIXTURES, ROOT, require_toys_10k
 from knn import evaluate as ev
 
 TOYS_QUERIES = ROOT / "bench" / "eval" / "toys_queries.json"
+TOYS_10K_FILE = ROOT.parent / "shared" / "data" / "toys-10k" / "reviews.csv"
+# The Digital Video Games sample (bench/eval/README.md says where it comes from), kept out of the repository.
+DVG_REVIEWS = Path.home() / ".cache" / "review-search" / "eval-data" / "digital-video-games" / "reviews.csv"
 
 
 # --- metrics on hand-made rankings -----------------------------------------------------------------
@@ -79,6 +83,46 @@ def test_toys_relevant_ids_exist_and_queries_are_not_copies():
         assert set(item["relevant"]) <= products, item["id"]
         for sentence in re.split(r"(?<=[.!?])\s+", item["query"]):
             # A paraphrase, not a copy of a review sentence.
+            assert len(sentence.split()) < 4 or sentence.lower().rstrip(".!?") not in text, (item["id"], sentence)
+
+
+PARAPHRASE_SETS = {
+    # file: (data file it was written for, how many queries at least)
+    "toys_paraphrase_queries.json": (TOYS_10K_FILE, 40),
+    "digital_video_games_queries.json": (DVG_REVIEWS, 40),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARAPHRASE_SETS))
+def test_paraphrase_sets_are_well_formed(name):
+    """One query per source review, worded by hand; ids only (the review id is the source)."""
+    data = json.loads((ROOT / "bench" / "eval" / name).read_text())
+    queries = ev.load_queries(ROOT / "bench" / "eval" / name)
+    assert len(queries) >= PARAPHRASE_SETS[name][1]
+    assert {q["kind"] for q in queries} == {"specific", "generic", "negation"}
+    for item in data:
+        assert set(item) == {"id", "kind", "query", "relevant", "review_id"}
+        assert item["id"] == item["review_id"].lower() and re.fullmatch(r"R[0-9A-Z]+", item["review_id"])
+        assert all(re.fullmatch(r"[0-9A-Z]{10}", p) for p in item["relevant"]), item["id"]
+
+
+@pytest.mark.parametrize("name", sorted(PARAPHRASE_SETS))
+def test_paraphrase_sets_match_their_data_and_copy_no_sentence(name):
+    import pandas as pd
+
+    source, _ = PARAPHRASE_SETS[name]
+    if not source.is_file():
+        pytest.skip(f"{source} is not here: see bench/eval/README.md for where it comes from (its licence "
+                    "keeps it out of the repository)")
+    reviews = pd.read_csv(source, dtype=str, keep_default_na=False)
+    by_review = reviews.set_index("review_id")
+    text = "\n".join((reviews["review_headline"] + "\n" + reviews["review_body"]).str.lower())
+    for item in json.loads((ROOT / "bench" / "eval" / name).read_text()):
+        review = by_review.loc[item["review_id"]]
+        assert review["product_id"] in item["relevant"], item["id"]
+        if "product_parent" in reviews:  # every listing of the same product counts
+            assert set(item["relevant"]) == set(reviews.loc[reviews["product_parent"] == review["product_parent"], "product_id"])
+        for sentence in re.split(r"(?<=[.!?])\s+", item["query"]):
             assert len(sentence.split()) < 4 or sentence.lower().rstrip(".!?") not in text, (item["id"], sentence)
 
 
