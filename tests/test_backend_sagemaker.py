@@ -317,3 +317,54 @@ def test_dry_run_never_loads_the_users_credentials(monkeypatch, offline):
         assert credentials.access_key == s3_server.DUMMY_ACCESS_KEY_ID
         assert backend.session.sagemaker_client._request_signer._credentials.access_key == s3_server.DUMMY_ACCESS_KEY_ID
     assert offline == []
+
+
+# --- batch transform ---------------------------------------------------------------------------------
+def test_dry_run_transform_sends_create_model_and_create_transform_job(no_aws_credentials, offline):
+    printed = []
+    from local_runs.backends import dry_run
+
+    model_data = f"s3://{BUCKET}/review-search-2026-11-30-12-00-00-000/output/model.tar.gz"
+    input_uri = f"s3://{BUCKET}/review-search/transform/run/input/queries"
+    output_uri = f"s3://{BUCKET}/review-search/transform/run/output"
+    with dry_run.open_backend(cloud(dry_run=True), ROLE, BUCKET, out=printed.append) as backend:
+        dry = backend.extra["dry_run"]
+        transformer = job.transform(backend, model_data, input_uri, output_uri, instance_count=2,
+                                    strategy="SingleRecord", max_payload=1, max_concurrent_transforms=2)
+        assert dry.operations() == ["CreateModel", "CreateTransformJob"]
+        model = dry.request("CreateModel")
+        assert model["PrimaryContainer"]["Image"] == INFERENCE_IMAGE
+        assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "entry_point.py"
+        request = dry.request("CreateTransformJob")
+        assert request["TransformJobName"] == transformer.latest_transform_job.name
+        assert request["ModelName"] == model["ModelName"]
+        assert request["TransformInput"] == {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+            "ContentType": "application/jsonlines", "SplitType": "Line"}
+        assert request["TransformOutput"] == {"S3OutputPath": output_uri, "Accept": "application/jsonlines",
+                                              "AssembleWith": "Line"}
+        assert request["TransformResources"] == {"InstanceCount": 2, "InstanceType": "ml.m4.xlarge"}
+        assert (request["BatchStrategy"], request["MaxPayloadInMB"], request["MaxConcurrentTransforms"]) == \
+            ("SingleRecord", 1, 2)
+        description = backend.session.sagemaker_client.describe_transform_job(
+            TransformJobName=request["TransformJobName"])
+        assert description["TransformJobStatus"] == "Completed"
+    assert "[dry run] would send sagemaker CreateTransformJob:" in "\n".join(printed)
+    assert offline == []
+
+
+def test_dry_run_cli_transform_prints_the_request_and_writes_nothing(no_aws_credentials, offline, tmp_path,
+                                                                     monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOCAL_RUNS_ROLE", ROLE)
+    monkeypatch.setenv("LOCAL_RUNS_BUCKET", BUCKET)
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"query": "a kite for windy days"}\n{"query": "a bath toy that floats", "n_items": 5}\n')
+    results = tmp_path / "results.jsonl"
+    assert main(["--backend", "sagemaker", "--dry-run", "--state-dir", str(tmp_path / "s"), "transform", str(queries),
+                 "--out", str(results), "--model-data", f"s3://{BUCKET}/m/output/model.tar.gz"]) == 0
+    out = capsys.readouterr().out
+    assert "[dry run] would send sagemaker CreateTransformJob:" in out and '"SplitType": "Line"' in out
+    assert f"[dry run] would upload s3://{BUCKET}/review-search/transform/" in out and "queries.jsonl" in out
+    assert "(dry run, nothing ran): no results" in out and not results.exists()
+    assert offline == []

@@ -269,3 +269,35 @@ def test_split_for_instances_keeps_every_line_in_order(tmp_path):
     assert [p.name for p in parts] == ["q.part-00001-lines-1-4.jsonl", "q.part-00002-lines-5-8.jsonl",
                                        "q.part-00003-lines-9-10.jsonl"]
     assert b"".join(p.read_bytes() for p in parts) == source.read_bytes()
+
+
+# --- scoring a transform's output (knn.evaluate_transform) ------------------------------------------------
+def test_evaluate_transform_scores_answers_in_request_order(tmp_path):
+    from knn import evaluate_transform as et
+
+    queries_file = tmp_path / "queries.json"
+    queries_file.write_text(json.dumps([
+        {"id": "kite", "kind": "specific", "query": "a kite", "relevant": ["P1"]},
+        {"id": "boat", "kind": "vague", "query": ["a boat", "it floats"], "relevant": ["P2", "P9"]},
+        {"id": "gone", "query": "not sold here", "relevant": ["P404"]},
+    ]))
+    requests = tmp_path / "requests.jsonl"
+    assert et.main([str(queries_file), "--write-requests", str(requests)]) == 0
+    assert [json.loads(line) for line in requests.read_text().splitlines()] == [
+        {"query": "a kite", "n_items": 10}, {"query": ["a boat", "it floats"], "n_items": 10},
+        {"query": "not sold here", "n_items": 10}]
+    results = tmp_path / "results.jsonl"
+    answer = lambda *ids: json.dumps({f"pred{i}": {"product_id": p} for i, p in enumerate(ids)})  # noqa: E731
+    results.write_text("\n".join([answer("P1", "P2"), answer("P3", "P2"), answer("P5")]) + "\n")
+    from knn.evaluate import load_queries
+
+    scored = et.score(load_queries(queries_file), et.read_results(results), catalog={"P1", "P2", "P3", "P5", "P9"})
+    assert scored["skipped"] == ["gone"]
+    assert scored["metrics"]["recall@1"] == 0.5 and scored["metrics"]["mrr@10"] == 0.75
+    assert scored["by_kind"]["vague"]["recall@5"] == 0.5
+    results.write_text(answer("P1") + "\n")
+    with pytest.raises(ValueError, match="1 answers for 3 queries"):
+        et.score(load_queries(queries_file), et.read_results(results))
+    results.write_text('{"error": "x"}\n')
+    with pytest.raises(ValueError, match="line 1: not an answer"):
+        et.read_results(results)
