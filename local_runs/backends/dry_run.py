@@ -226,6 +226,15 @@ def session_class():
                     _check_job_status(job_name, description, "TrainingJobStatus")
                 return description
 
+            def logs_for_processing_job(self, job_name, wait=False, poll=10):
+                description = self.sagemaker_client.describe_processing_job(ProcessingJobName=job_name)
+                if wait:
+                    _check_job_status(job_name, description, "ProcessingJobStatus")
+                return description
+
+            def wait_for_processing_job(self, job, poll=5):
+                return self.logs_for_processing_job(job, wait=True)
+
         _SESSION_CLASS = DryRunSession
     return _SESSION_CLASS
 

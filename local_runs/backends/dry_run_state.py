@@ -21,7 +21,7 @@ class FakeSageMaker:
     """Plausible answers for the SageMaker operations the SDK's fit/deploy/predict/delete/transform use."""
 
     KINDS = {"TrainingJob": "training-job", "Model": "model", "EndpointConfig": "endpoint-config", "Endpoint": "endpoint",
-             "TransformJob": "transform-job"}
+             "TransformJob": "transform-job", "ProcessingJob": "processing-job"}
 
     def __init__(self, region: str, account: str):
         self.region, self.account = region, account
@@ -32,7 +32,7 @@ class FakeSageMaker:
         return f"arn:aws:sagemaker:{self.region}:{self.account}:{self.KINDS[kind]}/{name.lower()}"
 
     def __call__(self, operation: str, params: dict) -> dict:
-        match = re.match(r"^(Create|Describe|Delete)(TrainingJob|TransformJob|Model|EndpointConfig|Endpoint)$", operation)
+        match = re.match(r"^(Create|Describe|Delete)(TrainingJob|TransformJob|ProcessingJob|Model|EndpointConfig|Endpoint)$", operation)
         if match:
             verb, kind = match.groups()
             return getattr(self, f"_{verb.lower()}")(kind, params[f"{kind}Name"], params)
@@ -63,7 +63,7 @@ class FakeSageMaker:
     def _describe(self, kind: str, name: str, params: dict) -> dict:
         item = self.items[kind].get(name)
         if item is None:
-            if kind in ("TrainingJob", "TransformJob", "Model"):
+            if kind in ("TrainingJob", "TransformJob", "ProcessingJob", "Model"):
                 raise ValidationFailed(f"Could not find {self.KINDS[kind].replace('-', ' ')} \"{self.arn(kind, name)}\" "
                                   "(this dry run did not create it).")
             self._assumed(kind, name)
@@ -83,6 +83,9 @@ class FakeSageMaker:
                 "SecondaryStatusTransitions": [{"Status": "Completed", "StartTime": item["CreationTime"],
                                                 "StatusMessage": "dry run: nothing was trained"}],
             })
+        elif kind == "ProcessingJob":  # the embed step of a two-step fit: Completed at once, no output written
+            base.update({"ProcessingJobStatus": "Completed", "ProcessingStartTime": item["CreationTime"],
+                         "ProcessingEndTime": item["CreationTime"]})
         elif kind == "TransformJob":
             base.update({"TransformJobStatus": "Completed", "TransformStartTime": item["CreationTime"],
                          "TransformEndTime": item["CreationTime"]})
