@@ -266,7 +266,8 @@ def cmd_transform(settings, args) -> int:
         if not backend.runs_jobs:
             print(f"transform job {name} (dry run, nothing ran): no results to write to {out}")
             return 0
-        bucket, _, prefix = output_uri[len("s3://"):].partition("/")
+        results_uri = backend.transform_results_uri(output_uri, name)
+        bucket, _, prefix = results_uri[len("s3://"):].partition("/")
         keys = [f"{prefix}/{part.name}.out" for part in parts]
         out.parent.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)

@@ -301,3 +301,11 @@ def test_evaluate_transform_scores_answers_in_request_order(tmp_path):
     results.write_text('{"error": "x"}\n')
     with pytest.raises(ValueError, match="line 1: not an answer"):
         et.read_results(results)
+
+
+def test_where_each_backend_finds_the_transform_results():
+    from local_runs.backends.base import Backend
+    from local_runs.backends.docker import DockerBackend
+
+    assert Backend.transform_results_uri(None, "s3://b/out", "job-1") == "s3://b/out"  # SageMaker, sim
+    assert DockerBackend.transform_results_uri(None, "s3://b/out/", "job-1") == "s3://b/out/job-1"  # the SDK's local mode

@@ -84,6 +84,10 @@ class Backend:
         """The S3 folder a `local-runs transform` run writes its `x.out` objects to."""
         return f"s3://{self.bucket}/{PROJECT_PREFIX}/transform/{run}/output"
 
+    def transform_results_uri(self, output_uri: str, job_name: str) -> str:
+        """Where a transform job's `x.out` objects land: SageMaker writes them straight under S3OutputPath."""
+        return output_uri
+
     def endpoint_log_hint(self, name: str) -> str:
         """Where the serving log of endpoint `name` can be read, for messages while it starts."""
         return f"CloudWatch log group /aws/sagemaker/Endpoints/{name}"

@@ -289,3 +289,7 @@ class DockerBackend(Backend):
 
     def endpoint_log_hint(self, name: str) -> str:
         return "the container's output follows here (docker compose logs)"
+
+    def transform_results_uri(self, output_uri: str, job_name: str) -> str:
+        # The SDK's local mode (sagemaker.local.utils.move_to_destination) adds the job name to S3OutputPath.
+        return f"{output_uri.rstrip('/')}/{job_name}"
