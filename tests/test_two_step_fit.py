@@ -214,3 +214,122 @@ def test_embed_share_by_host_takes_parts_by_host_index(tmp_path, monkeypatch):
     monkeypatch.setattr("knn.shards.encoder_path", lambda *a, **k: tmp_path)
     embed.run(["--input", str(parts), "--output", str(tmp_path / "out"), "--share-by-host"])
     assert taken == ["part-00001-of-00005.csv", "part-00004-of-00005.csv"]
+
+
+# --- sim: the same job code through the unchanged SDK ---------------------------------------------
+def _upload_parts(backend, reviews, parts, tmp_path, name):
+    from knn.shards import split_reviews_file
+
+    split_reviews_file(reviews, tmp_path / name, parts)
+    return backend.upload_parts(tmp_path / name, name)
+
+
+def _load_model(backend, model_data, tmp_path):
+    from knn.model_dir import load_model_dir
+
+    bucket, _, key = model_data[len("s3://"):].partition("/")
+    body = backend.session.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    target = tmp_path / "model"
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        tar.extractall(target, filter="data")
+    return load_model_dir(target)
+
+
+def _keys(backend, uri):
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    listing = backend.session.s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+@pytest.mark.integration
+def test_sim_two_step_fit_answers_as_one_step(backend, fixture_search, tmp_path):
+    from local_runs import job
+
+    parts_uri = _upload_parts(backend, REVIEWS, 3, tmp_path, "fixture-3-parts")
+    processor = job.embed(backend, parts_uri, 3)
+    desc = processor.latest_job.describe()
+    assert desc["ProcessingJobStatus"] == "Completed"
+    assert desc["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 3
+    embedded = job.embedded_uri(processor)
+    keys = _keys(backend, embedded)
+    assert sum(k.endswith("/shard.json") for k in keys) == 3
+    assert sum("/host-" in k for k in keys) == 3  # each host's figures (sentences/s)
+    estimator = job.fit_embedded(backend, embedded, {"index-kind": "exact"})
+    assert_same_answers(fixture_search, _load_model(backend, estimator.model_data, tmp_path), QUERIES)
+
+
+@pytest.mark.integration
+def test_sim_more_instances_than_parts_idle_hosts_finish_and_the_model_is_right(backend, fixture_search, tmp_path):
+    from local_runs import job
+
+    parts_uri = _upload_parts(backend, REVIEWS, 2, tmp_path, "fixture-2-parts")
+    processor = job.embed(backend, parts_uri, 4)
+    embedded = job.embedded_uri(processor)
+    assert sum("/host-" in k for k in _keys(backend, embedded)) == 2  # hosts 3 and 4 had nothing: no output
+    estimator = job.fit_embedded(backend, embedded, {"index-kind": "exact"})
+    assert_same_answers(fixture_search, _load_model(backend, estimator.model_data, tmp_path), QUERIES[:5])
+
+
+@pytest.mark.integration
+def test_sim_bad_row_fails_the_embed_job_naming_part_row_and_column(backend, tmp_path):
+    import pandas as pd
+    from sagemaker.exceptions import UnexpectedStatusException
+
+    from knn.shards import split_reviews_file
+    from local_runs import job
+
+    files = split_reviews_file(REVIEWS, tmp_path / "bad-parts", 2)
+    frame = pd.read_csv(files[1], dtype=str, keep_default_na=False)
+    frame.loc[6, "star_rating"] = "seven"  # data row 7
+    frame.to_csv(files[1], index=False)
+    parts_uri = backend.upload_parts(tmp_path / "bad-parts", "bad-parts")
+    processor = job.make_embed_processor(backend, 2)
+    real = job.make_embed_processor
+    try:
+        job.make_embed_processor = lambda *_a, **_k: processor
+        with pytest.raises(UnexpectedStatusException) as caught:
+            job.embed(backend, parts_uri, 2)
+    finally:
+        job.make_embed_processor = real
+    desc = processor.latest_job.describe()
+    assert desc["ProcessingJobStatus"] == "Failed"
+    for text in (str(caught.value), desc["FailureReason"], desc["ExitMessage"]):
+        assert "part-00001-of-00002.csv: data row 7" in text and "star_rating 'seven'" in text
+    assert _keys(backend, processor.latest_job.outputs[0].destination) == []
+
+
+@pytest.mark.integration
+def test_sim_host_killed_mid_job_fails_naming_it_and_uploads_nothing(backend, tmp_path):
+    import psutil
+
+    from local_runs import job
+
+    parts_uri = _upload_parts(backend, REVIEWS, 2, tmp_path, "kill-parts")
+    processor = job.make_embed_processor(backend, 2)
+    real = job.make_embed_processor
+    try:
+        job.make_embed_processor = lambda *_a, **_k: processor
+        job.embed(backend, parts_uri, 2, wait=False)
+    finally:
+        job.make_embed_processor = real
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:  # host 2's embed.py, once it runs
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if "embed.py" in " ".join(proc.cmdline()) and "algo-2-" in (proc.cwd() + " ".join(proc.cmdline())
+                                                                             + str(proc.environ().get("SAGEMAKER_BASE_DIR"))):
+                    victim = proc
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    assert victim is not None, "host 2's embed.py never started"
+    os.kill(victim.pid, signal.SIGKILL)
+    from sagemaker.exceptions import UnexpectedStatusException
+
+    with pytest.raises(UnexpectedStatusException):
+        processor.latest_job.wait(logs=False)
+    desc = processor.latest_job.describe()
+    assert desc["ProcessingJobStatus"] == "Failed"
+    assert "algo-2-" in desc["FailureReason"] and "SIGKILL" in desc["FailureReason"]
+    assert _keys(backend, processor.latest_job.outputs[0].destination) == []

@@ -102,6 +102,13 @@ def describe_exit(exit_code: int | None) -> str:
             name = f"signal {-exit_code}"
         return (f"was killed by {name} (exit code {exit_code}) from outside the job, e.g. by the "
                 "out-of-memory killer or a user")
+    if exit_code is not None and 128 < exit_code <= 128 + 64:  # a shell reporting its child's signal
+        try:
+            name = signal.Signals(exit_code - 128).name
+        except ValueError:
+            return f"exited with code {exit_code}"
+        return (f"exited with code {exit_code} (128 + {name}: a process of the job was killed, e.g. by the "
+                "out-of-memory killer or a user)")
     return f"exited with code {exit_code}"
 
 
