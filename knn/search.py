@@ -45,7 +45,6 @@ Why (toys-10k, exhaustive scoring; recall@10 / MRR@10; the seed's ranking 0.611 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -117,20 +116,21 @@ class Corpus:
 
 
 # Negation cues ("never leaks" must not match "it leaks" as well as "it doesn't leak"); the
-# apostrophe-less spellings are common in reviews.
-NEGATION = re.compile(
-    r"\b(?:not|no|never|none|nothing|nobody|nowhere|neither|nor|without|cannot|"
-    r"(?:do|does|did|is|was|are|were|has|have|had|would|could|should|ca|wo|ai|must|need)n[’']?t|"
-    r"cant|wont|dont|doesnt|didnt|isnt|wasnt|arent|werent|hasnt|havent|hadnt|wouldnt|couldnt|shouldnt)\b",
-    re.IGNORECASE)
+# apostrophe-less spellings are common in reviews. Words are found with str.translate and split
+# (a regular expression took ~15x longer: seconds at load for a few 10k passages).
+NEGATION_WORDS = frozenset(
+    "not no never none nothing nobody nowhere neither nor without cannot cant wont dont doesnt didnt isnt wasnt "
+    "arent werent hasnt havent hadnt wouldnt couldnt shouldnt".split()
+    + [f"{verb}n't" for verb in "do does did is was are were has have had would could should ca wo ai must need".split()])
+_WORD_CHARACTERS = str.maketrans({**{chr(c): " " for c in range(128) if not (chr(c).isalpha() or chr(c) == "'")},
+                                  "\u2019": "'"})
 
 
 def negated(texts) -> np.ndarray:
-    """Whether each text holds a negation cue (bool array)."""
-    texts = pd.Series(list(texts) if not isinstance(texts, pd.Series) else texts, dtype=object)
-    if not len(texts):
-        return np.zeros(0, bool)
-    return texts.str.contains(NEGATION).to_numpy(bool)
+    """Whether each text holds a negation word (bool array)."""
+    texts = texts.tolist() if hasattr(texts, "tolist") else list(texts)
+    return np.fromiter((not NEGATION_WORDS.isdisjoint(str(text).lower().translate(_WORD_CHARACTERS).split())
+                        for text in texts), dtype=bool, count=len(texts))
 
 
 class _Passages:
