@@ -123,3 +123,37 @@ def test_a_failing_host_fails_the_job_naming_it_and_stops_the_others(session, so
     message = str(caught.value)
     assert "host algo-2-" in message and "host 2 was told to fail" in message
     assert time.monotonic() - started < 45
+
+
+def test_ctrl_c_stops_every_host_and_uploads_nothing(s3, session, source):
+    import _thread
+    import threading
+
+    import psutil
+
+
+    def hosts_running():
+        found = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if "train.py" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def interrupt_when_running():
+        deadline = time.monotonic() + 90
+        while len(hosts_running()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _thread.interrupt_main()
+
+    before = {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])
+              if o["Key"].endswith("model.tar.gz")}
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _fit(session, source, 2, sleep=60)
+    assert hosts_running() == []
+    after = {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])
+             if o["Key"].endswith("model.tar.gz")}
+    assert after == before

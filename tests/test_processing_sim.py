@@ -166,3 +166,35 @@ def test_framework_processor_missing_requirement_fails_naming_it(s3, session, tm
                       outputs=[ProcessingOutput(source="/opt/ml/processing/output/result",
                                                 destination=f"s3://{BUCKET}/missing")])
     assert "no-such-package-xyz" in str(caught.value)
+
+
+def _host_processes(marker: str):
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if marker in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_ctrl_c_while_waiting_stops_every_host_and_uploads_nothing(s3, session):
+    import _thread
+    import threading
+
+    from local_runs.sim import procs
+
+    processor = _run(session, 3, "interrupted", arguments=["--sleep", "60"], wait=False)
+    deadline = time.monotonic() + 60
+    while len(_host_processes("process.py")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_host_processes("process.py")) == 3
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(procs.Interrupted):
+        processor.latest_job.wait(logs=False)
+    assert processor.latest_job.describe()["ProcessingJobStatus"] == "Stopped"
+    assert _host_processes("process.py") == []
+    assert _keys(s3, "interrupted/") == []
