@@ -1,46 +1,32 @@
 """ProductSearch: a shopper's phrase -> the products whose reviews say the same thing.
 
-How results are ranked (decided with `python -m knn.evaluate` and bench/eval/variants.py on
-bench/eval/toys_queries.json: 52 queries on toys-10k; full tables in bench/eval/README.md):
+How results are ranked (each choice measured: bench/eval/README.md has the figures, the
+alternatives and the commands):
 
 1. The query is split into sentences like the reviews are; each query sentence is embedded.
-2. Passages: every review-body sentence, and every review headline except Amazon's automatic
-   "Five Stars"-style ones (body sentences and headlines have one nearest-neighbour index each).
+2. Passages: every review-body sentence and every review headline except Amazon's automatic
+   "Five Stars"-style ones (one nearest-neighbour index each), and, in scoring, every pair of
+   adjacent body sentences of one review (the normalised sum of their two vectors).
    Candidates: the products behind the CANDIDATES_PER_SENTENCE nearest passages of each query
    sentence, plus the products of the best reviews and passages by BM25.
-3. Dense score of a candidate: for each query sentence, its best passage similarity (cosine of unit
-   vectors), passages of 3 words or fewer ("Great!", "Love it", "Gift") counting x0.8; then the mean
-   over the query sentences, so every query sentence counts equally.
-4. Lexical score (knn.lexical): BM25 of the whole query against each review (headline + body) and
-   against each passage, divided by the BM25 of a full match (the sum of the query terms' idf, terms
-   no review has included), capped at 1: the rarity-weighted share of the query's words that a
-   review, or one of its sentences, contains. A product takes its best review or passage.
-5. Score = dense + 0.5 x lexical (`product_search_score`). Ties are broken by product id. The
-   matched sentence is the product's best passage, and `matched_field` says whether it is a body
-   sentence ("body") or the review's headline ("headline").
+3. Similarity of a passage to a query sentence: cosine of unit vectors; passages of 3 words or
+   fewer ("Great!", "Love it", "Gift") count x0.8; a passage that disagrees with the query sentence
+   on negation (one holds "not", "never", "doesn't", "no", ...; the other none) loses 0.05.
+4. Dense score of a product: for each query sentence its best passage, then the mean over the query
+   sentences (every query sentence counts equally).
+5. Lexical score (knn.lexical): Porter-stemmed BM25 of the whole query against each review
+   (headline + body) and each passage, divided by the BM25 of a full match (the sum of the query
+   terms' idf), capped at 1: the rarity-weighted share of the query's words that a review, or one of
+   its sentences, contains. A product takes its best review or passage.
+6. Score = dense + 0.5 x lexical (`product_search_score`); ties by product id. `matched_sentence`
+   is the product's best single passage (a body sentence or the headline) and `matched_field` says
+   which ("body" or "headline").
 Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
 `offset` skips that many products of the same ranking (pagination).
 
-Why (toys-10k, exhaustive scoring; recall@10 / MRR@10; the seed's ranking 0.611 / 0.871):
-- Lexical blend: the largest gain, on specific queries (species, brands, names that the encoder
-  blurs: "Paw Patrol pups" brought "Paw Print" cards). BM25 per review, coverage-normalised, +0.5:
-  0.690 / 0.903; max-normalised (divide by the best review) +0.35: 0.681 / 0.905 but a partial match
-  on one common word then gets full weight (it broke a paraphrase fixture); reciprocal rank fusion
-  0.656 / 0.840; per product 0.689 / 0.889; per sentence alone 0.654 / 0.842. Weight 0.35-0.7 is a
-  plateau (0.724 / 0.911-0.926 with the rest kept). Passage-level BM25 joins review-level because
-  BM25's length normalisation halves a long review's score even when one of its sentences is the
-  query word for word ("it still looks brand new too" lost the Learning Kitchen to a 19-word review
-  saying "It still looks brand new."); it costs 0.002 recall@10 and 0.019 recall@5.
-- Headlines as passages: 0.611 -> 0.641 alone; without them the kept ranking drops to 0.699 / 0.903.
-- Short passages x0.8: 0.621 / 0.886 alone (not indexing them: 0.617 / 0.886, but then "Gift" can
-  never match); with the rest kept +0.009 recall@10, -0.003 MRR: small, kept.
-- Over a product's sentences: the best one. Mean of the top 2 / 3 sentences: 0.522 / 0.468 (most
-  products have one short review); + 0.05 log(#matching reviews): 0.618 / 0.871, no gain.
-- Over query sentences: the mean. Min 0.591, (mean + min) / 2 0.611; the whole query as one more
-  sentence helped the seed's ranking (0.630) but nothing once BM25 (which reads the whole query) is in.
-- Duplicates (one text in many reviews: "love it" x103, a spam sentence x11): down-weighting a
-  passage by its corpus frequency gave 0.611 / 0.862 (MRR -0.009); they are kept as they are, since
-  the best-passage maximum already ignores repeats within a product.
+Ranking fields that stay off by default (measured, no gain; see bench/eval/README.md):
+`review_weight` (similarity of the whole review), `second_weight` (a second review of the product
+saying it too), `lexical_norm="max"`; `BASELINE_RANKING` is the seed's plain dense ranking.
 """
 from __future__ import annotations
 
