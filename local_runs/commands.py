@@ -218,6 +218,9 @@ def _check_queries_file(path: Path) -> int:
     return count
 
 
+LINES_PER_OBJECT = 1000  # `transform` uploads the queries in parts of at most this many lines
+
+
 def _split_for_instances(path: Path, parts: int, directory: Path) -> list[Path]:
     """`parts` files of consecutive lines (named after the lines they hold), so that N instances share the work."""
     lines = path.read_bytes().splitlines(keepends=True)
@@ -250,8 +253,11 @@ def cmd_transform(settings, args) -> int:
         raise UsageError(f"--instances must be at least 1, got {args.instances}")
     with open_backend(settings, persistent=True) as backend, tempfile.TemporaryDirectory() as scratch:
         backend.check_model(model_data)
-        # One object per instance: SageMaker deals whole objects across instances.
-        parts = _split_for_instances(queries, args.instances, Path(scratch)) if args.instances > 1 else [queries]
+        # SageMaker deals whole objects across instances, and a MultiRecord request never spans two objects:
+        # at least one part per instance, and at most LINES_PER_OBJECT lines in each (one request stays short).
+        lines = len(queries.read_bytes().splitlines())
+        wanted = max(args.instances, -(-lines // LINES_PER_OBJECT))
+        parts = _split_for_instances(queries, wanted, Path(scratch)) if wanted > 1 else [queries]
         for part in parts:
             input_uri = backend.upload(part, prefix=f"review-search/transform/{run}/input")
         output_uri = backend.transform_output_uri(run)
