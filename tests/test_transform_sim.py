@@ -239,3 +239,27 @@ def test_cli_ctrl_c_leaves_nothing_running_and_no_results(cli_state, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_evaluation_set_scores_the_same_through_the_container(backend, model_uri, fixture_model_dir, tmp_path,
+                                                                   capsys):
+    """knn.evaluate's figures, checked through the serving code: same rankings, same metrics."""
+    from knn import evaluate_transform as et
+
+    fixtures = json.loads((ROOT / "fixtures" / "queries.json").read_text())
+    queries_file = tmp_path / "queries.json"
+    queries_file.write_text(json.dumps([{"id": str(i), "kind": q.get("kind", "all"), "query": q["query"],
+                                         "relevant": [q["product_id"]]} for i, q in enumerate(fixtures)]))
+    requests = tmp_path / "requests.jsonl"
+    assert et.main([str(queries_file), "--write-requests", str(requests)]) == 0
+    uri = _put(backend, "transform-tests/eval/requests.jsonl", requests.read_text().splitlines())
+    job.transform(backend, model_uri, uri, f"s3://{backend.bucket}/transform-tests/eval-out")
+    results = tmp_path / "results.jsonl"
+    backend.session.s3_client.download_file(backend.bucket, "transform-tests/eval-out/requests.jsonl.out", str(results))
+    report = tmp_path / "report.json"
+    capsys.readouterr()
+    assert et.main([str(queries_file), str(results), "--model-dir", str(fixture_model_dir), "--json", str(report)]) == 0
+    figures = json.loads(report.read_text())
+    assert figures["differ"] == [] and figures["container"]["metrics"] == figures["in_process"]["metrics"]
+    assert len(figures["container"]["per_query"]) == len(fixtures)
+    assert "rankings that differ: 0" in capsys.readouterr().out
