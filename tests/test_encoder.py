@@ -89,8 +89,12 @@ def test_missing_model_is_a_clear_error(tmp_path):
 def test_wrong_weights_are_refused(tmp_path):
     shutil.copytree(bundled_model_path(), tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not weights")
-    with pytest.raises(EncoderError, match="sha256"):
+    from knn.encoder_export import load_bundled_encoder
+
+    with pytest.raises(EncoderError, match="holds weights, not a runnable encoder"):
         load_encoder(tmp_path / "m")
+    with pytest.raises(EncoderError, match="sha256"):
+        load_bundled_encoder(source=tmp_path / "m")
 
 
 def test_unsupported_pooling_is_refused(tmp_path):
@@ -100,18 +104,6 @@ def test_unsupported_pooling_is_refused(tmp_path):
 
     with pytest.raises(EncoderError, match="mean pooling"):
         export_onnx(tmp_path / "m", tmp_path / "out")
-
-
-def test_build_time_names_still_import_from_knn_encoder():
-    import knn.encoder
-    import knn.encoder_export
-
-    from knn.encoder import onnx_model_path as old_name
-
-    assert old_name is knn.encoder_export.onnx_model_path
-    assert knn.encoder.export_onnx is knn.encoder_export.export_onnx
-    with pytest.raises(AttributeError):
-        knn.encoder.no_such_name
 
 
 def test_runtime_module_imports_no_build_time_modules():
@@ -133,9 +125,9 @@ def test_float32_dir_records_its_precision(encoder):
 
 def test_unknown_precision_is_refused():
     with pytest.raises(EncoderError, match="precision"):
-        load_encoder(precision="float16")
+        load_encoder(ONNX_FILE, precision="float16")
 
 
 def test_threads_must_be_positive():
     with pytest.raises(EncoderError, match="threads"):
-        load_encoder(threads=0)
+        load_encoder(ONNX_FILE, threads=0)

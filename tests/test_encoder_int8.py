@@ -50,7 +50,9 @@ def test_int8_vectors_are_unit_and_close_to_float32(int8_encoder, encoder):
 
 
 def test_load_encoder_builds_int8_from_the_weights(int8_dir):
-    assert load_encoder(precision="int8").precision == "int8"
+    from knn.encoder_export import load_bundled_encoder
+
+    assert load_bundled_encoder(precision="int8").precision == "int8"
 
 
 def test_int8_far_from_float32_is_refused(tmp_path, monkeypatch):
