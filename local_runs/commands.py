@@ -107,7 +107,7 @@ def _fit_two_steps(backend, reviews: Path, instances: int, hyperparameters: dict
         print(f"review parts: {parts_uri} ({len(parts)} files)")
     _interrupted = False
     with _phase(f"embed ({instances} instances)", timings):
-        processor = job.embed(backend, parts_uri, instances)
+        processor = job.embed(backend, parts_uri, instances, precision=hyperparameters.get("precision", "float32"))
         if _interrupted:
             raise KeyboardInterrupt
         embedded = job.embedded_uri(processor)
@@ -120,7 +120,8 @@ def _fit_two_steps(backend, reviews: Path, instances: int, hyperparameters: dict
 
 
 def _hyperparameters(args) -> dict:
-    return {"index-kind": args.index_kind} if getattr(args, "index_kind", None) else {}
+    wanted = {"index-kind": getattr(args, "index_kind", None), "precision": getattr(args, "precision", None)}
+    return {name: value for name, value in wanted.items() if value}
 
 
 def _reviews_path(args) -> Path:

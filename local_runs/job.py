@@ -65,7 +65,7 @@ def make_embed_processor(backend, instances: int):
     )
 
 
-def embed(backend, parts_uri: str, instances: int, wait: bool = True):
+def embed(backend, parts_uri: str, instances: int, wait: bool = True, precision: str = "float32"):
     """Step 1 of a big fit: embed the review parts under `parts_uri` on `instances` instances.
 
     The parts are dealt to the instances by S3 key (ShardedByS3Key). Where the service refuses that
@@ -81,7 +81,8 @@ def embed(backend, parts_uri: str, instances: int, wait: bool = True):
         inputs=[ProcessingInput(source=parts_uri, destination=EMBED_INPUT, input_name="reviews",
                                 s3_data_distribution_type="ShardedByS3Key" if sharded else "FullyReplicated")],
         outputs=[ProcessingOutput(source=EMBED_OUTPUT, output_name="embedded")],
-        arguments=["--input", EMBED_INPUT, "--output", EMBED_OUTPUT] + ([] if sharded else ["--share-by-host"]),
+        arguments=["--input", EMBED_INPUT, "--output", EMBED_OUTPUT, "--precision", precision]
+        + ([] if sharded else ["--share-by-host"]),
         wait=wait, logs=wait,
     )
     return processor

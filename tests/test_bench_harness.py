@@ -77,8 +77,10 @@ def test_encoder_bench_compares_with_sentence_transformers(tmp_path):
     encoder_bench.main(["--reviews", str(FIXTURES / "reviews.csv"), "--sentences", "60", "--rounds", "1",
                         "--threads", "1", "--out", str(out)])
     row = _check_document(out, "encoder")["results"]["by_threads"]["1"]
-    assert row["pipeline_sentences_per_s"] > 0 and row["bare_sentences_per_s"] > 0
-    assert row["max_abs_vector_difference"] < 1e-5  # the same vectors, or the ratio means nothing
+    assert row["float32_sentences_per_s"] > 0 and row["int8_sentences_per_s"] > 0 and row["bare_sentences_per_s"] > 0
+    assert row["int8_vs_float32"] > 0 and row["float32_vs_bare"] > 0
+    # float32 equals sentence-transformers (tests/test_encoder.py); int8 is compared with float32 here
+    assert 0.9 < _check_document(out, "encoder")["results"]["quality"]["cosine_mean"] <= 1.0
 
 
 def test_cold_start_bench_answers_from_a_fresh_process(tmp_path, fixture_model_dir):

@@ -57,8 +57,6 @@ def test_session_wiring_and_endpoint_api_errors(tmp_path):
         client.delete_endpoint(EndpointName="bad_name")
     with pytest.raises(ClientError):
         client.describe_endpoint(EndpointName="no-such-endpoint")
-    with pytest.raises(NotImplementedError, match="docker backend"):
-        client.create_transform_job(TransformJobName="t")
 
 
 def test_request_guard_blocks_calls_off_this_machine():

@@ -77,6 +77,7 @@ def present(response: dict, offset: int = 0) -> list[dict]:
             "review_headline": " ".join(_paragraphs(str(item.get("review_headline") or ""))),
             "review": review,
             "matched_sentence": sentence,
+            "matched_field": item.get("matched_field") or "body",
             "matched_in_review": found,
             "score": score,
         })

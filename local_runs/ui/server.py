@@ -40,6 +40,9 @@ SECURITY_HEADERS = {
 
 class _Handler(Handler):
     server_version = "review-search-ui"
+    # One request per connection: when the page server stops, a browser's next query fails at once
+    # instead of reaching a kept-alive connection thread of a server that is gone.
+    protocol_version = "HTTP/1.0"
     page: SearchPage  # set on the subclass made by make_server
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
