@@ -112,7 +112,9 @@ def test_full_cycle_with_unchanged_sdk_code(s3, session, capsys):
     assert "trained on 3 lines" in capsys.readouterr().out  # container output streamed like local mode
 
     record = session.endpoint_record(predictor.endpoint_name)
-    assert record["status"] == "InService" and record["host"] == "127.0.0.1" and out["pid"] == record["pid"]
+    # the model runs in a worker supervised by the registered serving process
+    worker_pids = [p.pid for p in psutil.Process(record["pid"]).children()]
+    assert record["status"] == "InService" and record["host"] == "127.0.0.1" and out["pid"] in worker_pids
     processes = endpoint_processes(record)
 
     job = est.latest_training_job.name

@@ -94,7 +94,8 @@ def cards(page) -> list[dict]:
         product_id: c.dataset.productId, title: c.querySelector('.title').textContent,
         rank: c.querySelector('.rank').textContent, stars: c.querySelector('.stars').getAttribute('aria-label'),
         score: c.querySelector('.score-value').textContent, marked: [...c.querySelectorAll('mark')].map(m => m.textContent),
-        review: c.querySelector('.review').textContent}))""")
+        review: c.querySelector('.review').textContent,
+        headline: (c.querySelector('.headline') || {textContent: ''}).textContent}))""")
 
 
 def error_text(page) -> str | None:
@@ -245,7 +246,9 @@ def test_search_page_on_a_real_sim_endpoint(sim_endpoint, tmp_path):
             assert [c["rank"] for c in found] == ["#1", "#2", "#3"]
             assert found[0]["product_id"] == case["product_id"] and found[0]["title"] == titles[case["product_id"]]
             assert re.fullmatch(r"[1-5] of 5 stars", found[0]["stars"]) and re.fullmatch(r"\d\.\d{3}", found[0]["score"])
-            assert len(found[0]["marked"]) == 1 and found[0]["marked"][0] in found[0]["review"]
+            # the matched passage is marked where it is: a review sentence, or the headline (matched_field)
+            assert len(found[0]["marked"]) == 1
+            assert found[0]["marked"][0] in found[0]["review"] or found[0]["marked"][0] == found[0]["headline"]
             assert re.fullmatch(r"\d+ ms", page.text_content("#elapsed"))
 
             # the filters reach the endpoint: only 5-star reviews, then the next page
