@@ -121,3 +121,13 @@ def toys_model_dir(reviews: str | Path, work_dir: str | Path | None = None, thre
         print(f"building the model of {reviews} into {directory} (once; about 1-2 minutes)", flush=True)
         build_model_dir(reviews, directory, threads=threads)
     return directory
+
+
+def pack_model_dir(model_dir: str | Path, archive: str | Path) -> Path:
+    """A model dir as the training job's model.tar.gz (files at the top), for benches that deploy it."""
+    import tarfile
+
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for path in sorted(Path(model_dir).iterdir()):
+            tar.add(path, arcname=path.name)
+    return Path(archive)

@@ -89,20 +89,11 @@ def _synthetic_texts(n_reviews: int, seed: int = 0):
 
 def _toys_texts(path: Path):
     """Catalog, body sentences and kept headlines of a reviews file, exactly as knn.build.build_corpus makes them."""
-    import pandas as pd
-
-    from knn.lexical import kept_headline
+    from knn.build import sentence_tables
     from knn.reviews import read_reviews
-    from knn.sentences import split_many, split_sentences
 
     catalog = read_reviews(path)
-    sentences, owners = split_many(catalog["review_body"].tolist())
-    table = pd.DataFrame({"sentence": pd.Series(sentences, dtype=object), "review_row": pd.Series(owners, dtype="int64")})
-    heads = [" ".join(" ".join(split_sentences(kept_headline(h))).split()) for h in catalog["review_headline"].tolist()]
-    rows = [row for row, text in enumerate(heads) if text]
-    headlines = pd.DataFrame({"headline": pd.Series([heads[r] for r in rows], dtype=object),
-                              "review_row": pd.Series(rows, dtype="int64")})
-    return catalog, table, headlines
+    return (catalog, *sentence_tables(catalog))
 
 
 def tiled_texts(n_sentences: int, source: str | None):

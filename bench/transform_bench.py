@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tarfile
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from common import TOYS_10K, WORK_DIR, percentiles, report, target, toys_model_dir
+from common import TOYS_10K, WORK_DIR, pack_model_dir, percentiles, report, target, toys_model_dir
 
 CONTENT_TYPE = "application/json"
 
@@ -140,10 +139,7 @@ def main(argv=None) -> int:
                "transform": [], "invoke_endpoint": []}
     answers = {}
     with tempfile.TemporaryDirectory(prefix="transform-bench-") as scratch:
-        archive = Path(scratch) / "model.tar.gz"
-        with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # what the training job uploads
-            for path in sorted(model_dir.iterdir()):
-                tar.add(path, arcname=path.name)
+        archive = pack_model_dir(model_dir, Path(scratch) / "model.tar.gz")
         settings = load_settings(cli={"backend": "sim", "state_dir": str(Path(scratch) / "state")}, environ={})
         with open_backend(settings) as backend:
             model_uri = backend.session.upload_data(str(archive), bucket=backend.bucket, key_prefix="bench/model")

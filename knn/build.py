@@ -19,15 +19,21 @@ from knn.sentences import split_many, split_sentences
 log = logging.getLogger(__name__)
 
 
-def build_corpus(catalog: pd.DataFrame, encoder, batch_size: int = 64) -> Corpus:
-    """Split every review body into sentences, keep the informative headlines, embed both; build BM25."""
+def sentence_tables(catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every review body split into sentences, and the informative headlines: the passages a model indexes."""
     sentences, owners = split_many(catalog["review_body"].tolist())
-    vectors = encoder.encode(sentences, batch_size=batch_size)
     table = pd.DataFrame({"sentence": pd.Series(sentences, dtype=object), "review_row": pd.Series(owners, dtype="int64")})
     headlines = [" ".join(" ".join(split_sentences(kept_headline(h))).split()) for h in catalog["review_headline"].tolist()]
     rows = [row for row, text in enumerate(headlines) if text]
     headline_table = pd.DataFrame({"headline": pd.Series([headlines[row] for row in rows], dtype=object),
                                    "review_row": pd.Series(rows, dtype="int64")})
+    return table, headline_table
+
+
+def build_corpus(catalog: pd.DataFrame, encoder, batch_size: int = 64) -> Corpus:
+    """Split every review body into sentences, keep the informative headlines, embed both; build BM25."""
+    table, headline_table = sentence_tables(catalog)
+    vectors = encoder.encode(table["sentence"].tolist(), batch_size=batch_size)
     headline_vectors = encoder.encode(headline_table["headline"].tolist(), batch_size=batch_size)
     lexical = LexicalIndex.build(review_documents(catalog))
     passage_lexical = LexicalIndex.build(passage_documents(table, headline_table))

@@ -6,7 +6,8 @@ model dir ("index", the training job on one instance).
     embed_part(part, out_dir, encoder)              # out_dir/part-00000-of-00004/  (a shard)
     build_model_dir_from_shards(shards_dir, model)  # the one model dir
 
-A shard (one directory per part) holds what `knn.build.build_corpus` computes for that part:
+A shard (one directory per part) holds what `knn.build.build_corpus` computes for that part (split by the
+same `knn.build.sentence_tables`):
 
     catalog.parquet        the part's reviews (knn.reviews.CATALOG_COLUMNS), validated
     sentences.parquet      sentence, review_row (row within the part)
@@ -37,7 +38,6 @@ import pandas as pd
 
 from knn.errors import ReviewDataError
 from knn.reviews import _validate, read_reviews
-from knn.sentences import split_many, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +97,6 @@ def split_reviews_file(reviews_path: str | Path, out_dir: str | Path, parts: int
     return written
 
 
-def sentence_tables(catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The sentences and kept headlines of a catalog, as `knn.build.build_corpus` splits them."""
-    from knn.lexical import kept_headline
-
-    sentences, owners = split_many(catalog["review_body"].tolist())
-    table = pd.DataFrame({"sentence": pd.Series(sentences, dtype=object), "review_row": pd.Series(owners, dtype="int64")})
-    headlines = [" ".join(" ".join(split_sentences(kept_headline(h))).split()) for h in catalog["review_headline"].tolist()]
-    rows = [row for row, text in enumerate(headlines) if text]
-    headline_table = pd.DataFrame({"headline": pd.Series([headlines[row] for row in rows], dtype=object),
-                                   "review_row": pd.Series(rows, dtype="int64")})
-    return table, headline_table
-
-
 def _part_parts(part: Path) -> tuple[int, int]:
     stem = part.name.split(".")[0]
     match = PART_NAME.match(stem)
@@ -141,6 +128,8 @@ def embed_part(part: str | Path, out_dir: str | Path, encoder, batch_size: int =
     index, count = _part_parts(part)
     start = time.perf_counter()
     catalog = _read_part(part)
+    from knn.build import sentence_tables
+
     table, headline_table = sentence_tables(catalog)
     mark = time.perf_counter()
     vectors = encoder.encode(table["sentence"].tolist(), batch_size=batch_size)
