@@ -1,21 +1,24 @@
 """Save and load everything search needs as one self-contained directory, verified by a manifest.
 
 Layout:
-    manifest.json          format version, encoder id and precision, index kind, counts, sha256 of every file
+    manifest.json          format version, encoder id and precision, index kind, vector dtype, counts, sha256 of
+                           every file
     encoder/               the sentence encoder's files (a copy of the one that embedded the sentences, float32
                            or int8, so the endpoint embeds queries alike and needs no package)
     catalog.parquet        one row per review (knn.reviews.CATALOG_COLUMNS)
     sentences.parquet      sentence text and the catalog row it came from
-    vectors.npy            float32 unit vectors, one row per sentence
+    vectors.npy            unit vectors, one row per sentence, float16 ("vector_dtype" in the manifest; served
+                           as stored: knn.index searches float16 rows, computing in float32)
     index/                 the graph index's files (none for exact search)
     headlines.parquet      the review headlines that are searched (not "Five Stars"-style) and their catalog row
-    headline_vectors.npy   float32 unit vectors, one row per headline
+    headline_vectors.npy   unit vectors, one row per headline, in the same dtype
     headline_index/        the headlines' graph index files (none for exact search)
     lexical/               BM25 weights (knn.lexical), .npz + vocabulary JSON: reviews.* (one document
                            per review) and passages.* (one per body sentence, then one per headline)
 
 Model dirs written before headlines and BM25 existed still load: without headlines, and with the BM25
-index rebuilt from the catalog; those written before the encoder precision was recorded are float32.
+index rebuilt from the catalog; those written before the encoder precision was recorded are float32;
+those without "vector_dtype" store (and serve) float32 vectors.
 
 No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
 file's size and sha256 against the manifest before reading any of them, and refuses files that the
@@ -34,7 +37,7 @@ import pandas as pd
 
 from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, file_sha256, load_encoder, read_settings
 from knn.errors import ModelDirError
-from knn.index import VectorIndex, load_index
+from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
 from knn.lexical import LexicalIndex, passage_documents, review_documents
 from knn.search import Corpus, ProductSearch
 
@@ -48,8 +51,14 @@ IGNORED_TOP_LEVEL = {"code", "model.tar.gz"}
 
 
 def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, encoder_path: str | Path,
-                   extra: dict | None = None, headline_index: VectorIndex | None = None) -> Path:
-    """Write the model dir; the manifest is written last, so a half-written dir never verifies."""
+                   extra: dict | None = None, headline_index: VectorIndex | None = None,
+                   vector_dtype: str = DEFAULT_VECTOR_DTYPE) -> Path:
+    """Write the model dir; the manifest is written last, so a half-written dir never verifies.
+
+    `vector_dtype`: how vectors.npy and headline_vectors.npy are stored and then served (float16 halves
+    them; knn.index.compact_vectors)."""
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ValueError(f"vector_dtype must be one of {', '.join(VECTOR_DTYPES)}, got {vector_dtype!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / MANIFEST).exists():
@@ -58,7 +67,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     precision = encoder_precision(read_settings(directory / "encoder"))
     corpus.catalog.to_parquet(directory / "catalog.parquet", index=False)
     corpus.sentences.to_parquet(directory / "sentences.parquet", index=False)
-    np.save(directory / "vectors.npy", np.ascontiguousarray(corpus.vectors, dtype=np.float32), allow_pickle=False)
+    np.save(directory / "vectors.npy", compact_vectors(corpus.vectors, vector_dtype), allow_pickle=False)
     index.save(directory / "index")
     extra = dict(extra or {})
     counts_extra = {}
@@ -66,7 +75,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         if headline_index is None:
             raise ValueError("headlines need their index: pass headline_index")
         corpus.headlines.to_parquet(directory / "headlines.parquet", index=False)
-        np.save(directory / "headline_vectors.npy", np.ascontiguousarray(corpus.headline_vectors, dtype=np.float32),
+        np.save(directory / "headline_vectors.npy", compact_vectors(corpus.headline_vectors, vector_dtype),
                 allow_pickle=False)
         headline_index.save(directory / "headline_index")
         extra["headline_index_kind"] = headline_index.kind
@@ -86,6 +95,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         "encoder_id": ENCODER_ID,
         "encoder_precision": precision,
         "index_kind": index.kind,
+        "vector_dtype": vector_dtype,
         "counts": {
             "reviews": int(len(corpus.catalog)),
             "products": int(corpus.catalog["product_id"].nunique()),
@@ -128,6 +138,11 @@ def manifest_precision(manifest: dict) -> str:
     return manifest.get("encoder_precision", "float32")
 
 
+def manifest_vector_dtype(manifest: dict) -> str:
+    """The dtype of a model dir's vectors (model dirs written before it was recorded are float32)."""
+    return manifest.get("vector_dtype", "float32")
+
+
 def verify_model_dir(directory: str | Path) -> dict:
     """Check every file against the manifest; return the manifest. Raises ModelDirError naming the file."""
     directory = Path(directory)
@@ -165,6 +180,10 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
         raise ModelDirError(f"{directory}: cannot read the model's data ({exc}); rebuild the model") from None
     if len(vectors) != len(sentences):
         raise ModelDirError(f"{directory}: {len(vectors)} vectors for {len(sentences)} sentences; rebuild the model")
+    vector_dtype = manifest_vector_dtype(manifest)
+    if vector_dtype not in VECTOR_DTYPES or vectors.dtype != np.dtype(vector_dtype):
+        raise ModelDirError(f"{directory}: vectors.npy is {vectors.dtype}, the manifest says {vector_dtype}; "
+                            "rebuild the model")
     # The graphs first: their loading is the peak of this function's memory, lower before the tables.
     index = load_index(manifest["index_kind"], directory / "index", vectors)
     listed = manifest.get("files") or {}
@@ -175,6 +194,9 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
             headline_vectors = np.load(directory / "headline_vectors.npy", allow_pickle=False)
         except Exception as exc:
             raise ModelDirError(f"{directory}: cannot read the model's headlines ({exc}); rebuild the model") from None
+        if headline_vectors.dtype != vectors.dtype:
+            raise ModelDirError(f"{directory}: headline_vectors.npy is {headline_vectors.dtype}, the manifest says "
+                                f"{vector_dtype}; rebuild the model")
         if len(headline_vectors) != len(headlines):
             raise ModelDirError(f"{directory}: {len(headline_vectors)} vectors for {len(headlines)} headlines; rebuild the model")
         headline_index = load_index(manifest.get("headline_index_kind", "exact"), directory / "headline_index",

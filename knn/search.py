@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from knn.errors import QueryError
-from knn.index import VectorIndex
+from knn.index import VectorIndex, similarities
 from knn.lexical import LexicalIndex
 from knn.sentences import split_sentences
 
@@ -94,9 +94,9 @@ class Corpus:
 
     catalog: pd.DataFrame  # one row per review, knn.reviews.CATALOG_COLUMNS
     sentences: pd.DataFrame  # columns: sentence (str), review_row (int, row of catalog)
-    vectors: np.ndarray  # float32 (len(sentences), dimensions), unit rows
+    vectors: np.ndarray  # float16 (or float32: older model dirs) (len(sentences), dimensions), unit rows
     headlines: pd.DataFrame | None = None  # columns: headline (str), review_row (int); kept headlines only
-    headline_vectors: np.ndarray | None = None  # float32 (len(headlines), dimensions), unit rows
+    headline_vectors: np.ndarray | None = None  # float16 or float32 (len(headlines), dimensions), unit rows
     lexical: LexicalIndex | None = None  # BM25 over reviews, one document per catalog row
     passage_lexical: LexicalIndex | None = None  # BM25 over passages: sentences rows, then headlines rows
 
@@ -232,7 +232,7 @@ class ProductSearch:
     def search_vectors(self, query_vectors: np.ndarray, n_items: int, query_text: str | Sequence[str] = (),
                        min_star_rating: int | None = None, offset: int = 0) -> list[dict]:
         """Rank with already-embedded query sentences; `query_text` feeds the lexical signal."""
-        query_vectors = np.atleast_2d(query_vectors)
+        query_vectors = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
         wanted = offset + n_items
         allowed = None if not min_star_rating or min_star_rating <= 1 else self._ratings >= min_star_rating
         candidates = [self._nearest_products(source, query_vectors, wanted, allowed) for source in self._sources]
@@ -330,7 +330,10 @@ class ProductSearch:
             if allowed is not None:
                 keep = allowed[source.review[rows]]
                 rows, owner = rows[keep], owner[keep]
-            raw = source.vectors[rows] @ query_vectors.T
+            if source.vectors.dtype == np.float16:  # computed in float32, no float32 copy of the rows
+                raw = similarities(query_vectors, source.vectors, rows).T
+            else:
+                raw = source.vectors[rows] @ query_vectors.T
             sims = raw * source.weight[rows, None]
             if penalty and source.negated is not None:
                 sims = sims - penalty * (source.negated[rows, None] != query_negated[None, :])
@@ -390,7 +393,8 @@ class ProductSearch:
             norms = np.ones(len(vectors), np.float32)
             for begin in range(0, max(len(vectors) - 1, 0), 100_000):
                 end = min(begin + 100_000, len(vectors) - 1)
-                norms[begin:end] = np.linalg.norm(vectors[begin:end] + vectors[begin + 1:end + 1], axis=1)
+                block = vectors[begin:end + 1].astype(np.float32)  # float16 storage: one block upcast at a time
+                norms[begin:end] = np.linalg.norm(block[:-1] + block[1:], axis=1)
             self._pairs = np.where(norms > 0, norms, 1.0).astype(np.float32)
         return self._pairs
 
@@ -405,7 +409,8 @@ class ProductSearch:
                     order = np.argsort(source.review[block], kind="stable")
                     owners = source.review[block][order]
                     starts = np.flatnonzero(np.diff(owners, prepend=-1))
-                    sums[owners[starts]] += np.add.reduceat(source.vectors[block][order], starts, axis=0)
+                    passages = source.vectors[block][order].astype(np.float32)  # float16 storage: this block only
+                    sums[owners[starts]] += np.add.reduceat(passages, starts, axis=0)
             norms = np.sqrt((sums.astype(np.float64) ** 2).sum(axis=1))
             self._norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
         return self._norms

@@ -90,3 +90,90 @@ def test_graph_load_refuses_mismatched_vectors(graph_and_vectors, tmp_path):
     (tmp_path / "graph_arrays.npz").write_bytes(b"garbage")
     with pytest.raises(IndexFileError, match="cannot read"):
         load_index("graph", tmp_path, vectors)
+
+
+# --- float16 vectors (issue 14) --------------------------------------------------------------------
+def test_compact_vectors_float16_round_trip(tmp_path):
+    from knn.index import compact_vectors
+
+    vectors = unit_vectors(500, d=64)
+    vectors[0, :3] = [1e-6, -3e-5, 0.0]  # below float16's smallest normal: flushed to zero
+    half = compact_vectors(vectors)
+    assert half.dtype == np.float16 and half.flags.c_contiguous and half.shape == vectors.shape
+    assert half[0, :3].tolist() == [0.0, 0.0, 0.0]
+    assert np.abs(half.astype(np.float32) - vectors).max() < 2 ** -11
+    np.save(tmp_path / "v.npy", half, allow_pickle=False)
+    loaded = np.load(tmp_path / "v.npy", allow_pickle=False)
+    assert loaded.dtype == np.float16 and np.array_equal(loaded, half)
+    assert compact_vectors(half) is half  # already compact: no copy
+    assert compact_vectors(half, "float32").dtype == np.float32
+    with pytest.raises(ValueError, match="dtype"):
+        compact_vectors(vectors, "int8")
+
+
+def test_exact_float16_matches_float32_on_20k_vectors():
+    from knn.index import compact_vectors, similarities
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(20_000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.choice(len(vectors), 50, replace=False)] + 0.5 * rng.normal(size=(50, 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact_ids, exact_sims = ExactIndex(vectors).query(queries, 10)
+    ids, sims = ExactIndex(compact_vectors(vectors)).query(queries, 10)
+    assert sims.dtype == np.float32
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)])
+    assert recall >= 0.99
+    np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", queries, vectors[ids]), atol=1e-3)
+    np.testing.assert_allclose(sims, exact_sims, atol=1e-3)
+    rows = np.array([5, 0, 19_999, 5])
+    np.testing.assert_allclose(similarities(queries, compact_vectors(vectors), rows), queries @ vectors[rows].T,
+                               atol=1e-3)
+    assert similarities(queries, compact_vectors(vectors), np.array([], np.int64)).shape == (50, 0)
+
+
+def test_graph_over_float16_recall_and_scores(graph_and_vectors, tmp_path):
+    from knn.index import compact_vectors
+
+    graph, vectors = graph_and_vectors
+    graph.save(tmp_path)
+    half = compact_vectors(vectors)
+    loaded = load_index("graph", tmp_path, half)
+    assert loaded.vectors is half  # searches the float16 array itself, no float32 copy
+    assert type(loaded._nnd).__name__ == "_Float16Graph"
+    queries = vectors[:100]
+    exact_ids, _ = ExactIndex(vectors).query(queries, 10)
+    for batch in (True, False):  # one call for all queries, and the single-query serving path
+        if batch:
+            ids, sims = loaded.query(queries, 10)
+        else:
+            found = [loaded.query(q, 10) for q in queries]
+            ids, sims = np.vstack([f[0] for f in found]), np.vstack([f[1] for f in found])
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)])
+        assert recall >= 0.99
+        assert sims.dtype == np.float32
+        np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", queries, vectors[ids]), atol=1e-3)
+        assert np.all(np.diff(sims, axis=1) <= 1e-7)  # best first
+    # the same graph over float32 finds (nearly) the same ids
+    float32_ids, _ = graph.query(queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, float32_ids)]) >= 0.99
+    # unnormalised queries are normalised, as pynndescent does
+    scaled_ids, _ = loaded.query(queries[:5] * 3.0, 10)
+    assert (scaled_ids == loaded.query(queries[:5], 10)[0]).all()
+
+
+def test_graph_built_over_float16_saves_and_loads_either_way(tmp_path):
+    from knn.index import compact_vectors
+
+    vectors = unit_vectors(600, d=16, seed=5)
+    half = compact_vectors(vectors)
+    index = build_index(half, "graph", n_neighbors=10)
+    assert index.vectors is half
+    files = index.save(tmp_path)
+    assert {f.name for f in files} == {"graph_state.json", "graph_arrays.npz"}
+    a, _ = index.query(vectors[:20], 5)
+    b, _ = load_index("graph", tmp_path, half).query(vectors[:20], 5)
+    c, _ = load_index("graph", tmp_path, vectors).query(vectors[:20], 5)  # a float32 model dir
+    assert (a == b).all()
+    assert np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a, c)]) >= 0.95
+    assert build_index(half, "exact").vectors is half

@@ -81,3 +81,68 @@ def test_encoder_weights_swapped_are_refused(model_copy):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelDirError, match="encoder/model.onnx"):
         load_model_dir(model_copy)
+
+
+# --- vector dtype (issue 14: float16 vectors, stored and served) -----------------------------------
+def as_float32_model_dir(directory):
+    """Rewrite a model dir as one written before float16 vectors: float32 .npy, no "vector_dtype" key."""
+    import numpy as np
+
+    from knn.encoder import file_sha256
+
+    manifest = json.loads((directory / MANIFEST).read_text())
+    for name in ("vectors.npy", "headline_vectors.npy"):
+        path = directory / name
+        np.save(path, np.load(path, allow_pickle=False).astype(np.float32), allow_pickle=False)
+        manifest["files"][name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    del manifest["vector_dtype"]
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+
+
+QUERIES = ("a toy for a toddler", "soft plush", "batteries died quickly", "my son loves it", "puzzle pieces")
+
+
+def test_vectors_are_stored_and_served_as_float16(fixture_model_dir, fixture_search):
+    import numpy as np
+
+    manifest = json.loads((fixture_model_dir / MANIFEST).read_text())
+    assert manifest["vector_dtype"] == "float16"
+    for name in ("vectors.npy", "headline_vectors.npy"):
+        assert np.load(fixture_model_dir / name, allow_pickle=False).dtype == np.float16
+    assert fixture_search.corpus.vectors.dtype == np.float16
+    assert fixture_search.corpus.headline_vectors.dtype == np.float16
+    norms = np.linalg.norm(fixture_search.corpus.vectors.astype(np.float32), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-3)
+
+
+def test_model_dir_written_before_float16_loads_and_answers_alike(model_copy, fixture_search):
+    """An old model dir (float32 vectors, no "vector_dtype") serves float32; the float16 model ranks the
+    same products in the same order, scores within 1e-3."""
+    import numpy as np
+
+    as_float32_model_dir(model_copy)
+    old = load_model_dir(model_copy)
+    assert old.corpus.vectors.dtype == np.float32 and old.corpus.headline_vectors.dtype == np.float32
+    for query in QUERIES:
+        expected = old.search(query, n_items=8)
+        got = fixture_search.search(query, n_items=8)
+        assert len(got) == len(expected) > 0
+        old_scores = {r["product_id"]: r["product_search_score"] for r in expected}
+        for position, (a, b) in enumerate(zip(got, expected)):
+            assert abs(a["product_search_score"] - b["product_search_score"]) < 1e-3, (query, position)
+            if a["product_id"] != b["product_id"]:  # only a near-tie may swap places
+                assert abs(old_scores.get(a["product_id"], -9) - b["product_search_score"]) < 1e-3, (query, position)
+
+
+def test_vectors_not_in_the_manifest_dtype_are_refused(model_copy):
+    import numpy as np
+
+    from knn.encoder import file_sha256
+
+    manifest = json.loads((model_copy / MANIFEST).read_text())
+    path = model_copy / "vectors.npy"
+    np.save(path, np.load(path, allow_pickle=False).astype(np.float32), allow_pickle=False)
+    manifest["files"]["vectors.npy"] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    (model_copy / MANIFEST).write_text(json.dumps(manifest))  # still says float16
+    with pytest.raises(ModelDirError, match="the manifest says float16"):
+        load_model_dir(model_copy)
