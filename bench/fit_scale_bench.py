@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reviews", default=str(TOYS_10K))
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--index-kind", default="auto", choices=["auto", "graph", "exact"])
-    parser.add_argument("--skip-small", action="store_true", help="only the big catalogue")
+    parser.add_argument("--skip-small", action="store_true",
+                        help="only the big catalogue (the small runs already in --out are kept)")
     parser.add_argument("--big", type=int, default=0, metavar="REVIEWS", help="also a tiled catalogue this big")
     parser.add_argument("--big-instances", type=int, default=2)
     parser.add_argument("--instance-type", default="ml.m5.xlarge", help="for the on-paper table")
@@ -184,6 +185,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     reviews = Path(args.reviews)
     results: dict = {"reviews_file": str(reviews), "runs": []}
+    out = Path(args.out)
+    if args.skip_small and out.is_file():
+        # keep the small runs measured before (and their date) beside the new big one
+        earlier = json.loads(out.read_text())
+        results["runs"] = earlier["results"].get("runs", [])
+        results["runs_measured"] = earlier["results"].get("runs_measured", earlier.get("date"))
     if not args.skip_small:
         for n in args.instances:
             results["runs"].append(run_fit(reviews, n, args.index_kind))
@@ -206,7 +213,6 @@ def main(argv=None) -> int:
                "machine": machine_info(), "results": results,
                "note": "sim: every instance is a process on this machine's cores, shared with other work; "
                        "no speed-up from more instances is expected or claimed here"}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
     print(f"wrote {out}")

@@ -15,7 +15,7 @@ saved in tree order still load (they are renumbered on load). Loading goes throu
 `__setstate__`, which installs its disk-cached search function; the numba cache directory is set up
 by `knn.numba_cache` so that JIT work survives processes.
 
-Vectors may be float16 (what model dirs store and serve since issue 14: half the memory; see
+Vectors may be float16 (what model dirs store and serve: half the memory; see
 `compact_vectors`) or float32 (model dirs written before, served as before). Every similarity is
 computed in float32, and no float32 copy of float16 rows is ever made: exact search and the graph's
 re-scoring of its candidates go through one cached numba kernel (`similarities`) that widens each

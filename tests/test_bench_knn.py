@@ -86,7 +86,7 @@ def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
         memory = serve["memory"][stage]
         assert memory["ru_maxrss_bytes"] > 50 * 1024 ** 2
         assert memory["vm_hwm_bytes"] >= memory["vm_rss_bytes"] > 0
-    assert serve["holdings_bytes"]["vectors"] == 1500 * 384 * 4
+    assert serve["holdings_bytes"]["vectors"] == 1500 * 384 * 2  # float16
     assert 0 < serve["search_vectors_ms"]["p50"] <= serve["search_vectors_ms"]["p99"]
     assert [t["unit"] for t in data["targets"]] == ["GB", "ms"]
     assert 0.05 < data["targets"][0]["measured"] < 20 and data["targets"][1]["measured"] > 0

@@ -174,32 +174,21 @@ def test_cli_reports_a_bad_queries_file(fixture_model_dir, tmp_path, capsys):
     assert "non-empty JSON list" in capsys.readouterr().err
 
 
-# --- CI-sized run on a subset of toys-10k: graph and exact side by side ------------------------------
+# --- the harness on the session's toys-10k model: graph and exact side by side -------------------------
 SUBSET_QUERIES = ["sloth", "owl", "kite", "shark", "chess", "telescope", "pawpatrol", "cat", "mtg", "nerf", "potter"]
-SUBSET_OTHERS = 1500
-# Measured on this subset (seed 0, 1588 reviews): graph and exact both recall@10 0.853, MRR@10 0.924.
-RECALL_AT_10_FLOOR = 0.75
+# Measured on the session model (all of toys-10k, float16 vectors): graph and exact both recall@10 0.707,
+# MRR@10 0.864 (a 1,588-review subset scored 0.853: fewer distractors).
+RECALL_AT_10_FLOOR = 0.65
 
 
 @pytest.mark.integration
-def test_harness_on_a_toys_subset(tmp_path_factory):
-    import pandas as pd
-
-    from knn.build import build_model_dir
-
-    reviews = pd.read_csv(require_toys_10k(), dtype=str, keep_default_na=False)
+def test_harness_on_a_toys_query_subset(toys_model_dir, tmp_path):
     queries = [q for q in ev.load_queries(TOYS_QUERIES) if q["id"] in SUBSET_QUERIES]
     assert len(queries) == len(SUBSET_QUERIES)
-    wanted = {p for q in queries for p in q["relevant"]}
-    chosen = reviews[reviews["product_id"].isin(wanted)]
-    others = reviews[~reviews["product_id"].isin(wanted)].sample(SUBSET_OTHERS, random_state=0)
-    directory = tmp_path_factory.mktemp("toys-subset")
-    pd.concat([chosen, others]).to_csv(directory / "reviews.csv", index=False)
-    queries_file = directory / "queries.json"
+    queries_file = tmp_path / "queries.json"
     queries_file.write_text(json.dumps(queries))
-    build_model_dir(directory / "reviews.csv", directory / "model", index_kind="graph", threads=2)
 
-    report = ev.evaluate(directory / "model", queries_file)
+    report = ev.evaluate(toys_model_dir, queries_file)
     print(ev.format_report(report))
     assert list(report["runs"]) == ["graph", "exact"]
     for name, run in report["runs"].items():

@@ -1,7 +1,7 @@
 """The two-step fit of a big catalogue: embed (a processing job on N instances) then index (the training job).
 
-* knn level: split -> embed each part -> join gives the one-step model's answers (fixtures; toys-10k,
-  200 queries, when ../shared/data/toys-10k is here);
+* knn level: split -> embed each part -> join gives the one-step model's answers (fixtures; the first
+  2,500 toys-10k reviews with 200 of their headlines as queries, when ../shared/data/toys-10k is here);
 * the sagemaker dry run: CreateProcessingJob with InstanceCount N and ShardedByS3Key over the part
   files, then CreateTrainingJob whose channel `embedded` is that job's output;
 * sim (integration): `local-runs`-style two-step fit through the unchanged SDK, same answers as the
@@ -112,17 +112,22 @@ def test_a_bad_row_names_the_part_the_row_and_the_column(tmp_path):
 
 
 @pytest.mark.integration
-def test_two_steps_answer_as_one_step_on_200_toys_queries(toys_model_dir, tmp_path):
+def test_two_steps_answer_as_one_step_on_200_toys_queries(tmp_path):
+    """The first 2,500 toys-10k reviews (graph indexes: over 5,000 sentences), one step against four parts."""
     import pandas as pd
 
+    from knn.build import build_model_dir
     from knn.model_dir import load_model_dir
 
-    toys = require_toys_10k()
-    headlines = pd.read_csv(toys, dtype=str, keep_default_na=False)["review_headline"]
-    queries = [h for h in headlines if len(h.split()) >= 3][:200]
+    reviews = pd.read_csv(require_toys_10k(), dtype=str, keep_default_na=False).head(2500)
+    subset = tmp_path / "toys-2500.csv"
+    reviews.to_csv(subset, index=False)
+    queries = [h for h in reviews["review_headline"] if len(h.split()) >= 3][:200]
     assert len(queries) == 200
-    two = load_model_dir(_two_step_model_dir(toys, tmp_path, 4, index_kind="graph", threads=2))
-    assert_same_answers(load_model_dir(toys_model_dir), two, queries)
+    figures = build_model_dir(subset, tmp_path / "one", index_kind="graph", threads=2)
+    assert figures["index_kind"] == "graph" and figures["sentences"] > 5000
+    two = load_model_dir(_two_step_model_dir(subset, tmp_path, 4, index_kind="graph", threads=2))
+    assert_same_answers(load_model_dir(tmp_path / "one"), two, queries)
 
 
 # --- the sagemaker dry run ------------------------------------------------------------------------
