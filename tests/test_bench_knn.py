@@ -104,3 +104,15 @@ def test_recall_counts_tied_duplicates_as_found(knn_bench):
     assert knn_bench.recall_at(np.array([[2]]), truth) == 0.0  # id overlap alone misses the tie
     assert knn_bench.recall_at(np.array([[0]]), truth, vectors, queries) == 0.0
     assert knn_bench.recall_at(np.array([[-1]]), truth, vectors, queries) == 0.0  # padding is a miss
+
+
+def test_vector_dtype_bench_tiny_run_compares_float32_and_float16(tmp_path):
+    vector_dtype_bench = _module("vector_dtype_bench")
+    out = tmp_path / "vector_dtype.json"
+    vector_dtype_bench.main(["--n", "6000", "--queries", "100", "--out", str(out)])
+    data = json.loads(out.read_text())
+    float32, float16 = data["dtypes"]["float32"], data["dtypes"]["float16"]
+    assert float16["vector_bytes"] * 2 == float32["vector_bytes"] == 6000 * 384 * 4
+    assert float16["recall_at_10_ids"] >= 0.95 and float32["recall_at_10_ids"] >= 0.95
+    assert float16["max_score_error_vs_float32"] < 1e-3
+    assert float16["graph_k10_ms"]["p50"] > 0
