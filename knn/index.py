@@ -62,6 +62,7 @@ VECTOR_DTYPES = ("float16", "float32")
 DEFAULT_VECTOR_DTYPE = "float16"  # what a model dir stores and serves (model dirs written before: float32)
 _BLOCK_ROWS = 16_384  # rows converted at a time by compact_vectors (no float32 temporary of the whole array)
 _FLOAT16_TINY = np.float32(2.0 ** -14)  # float16's smallest normal
+_NUMPY_WIDEN_MAX = 1 << 18  # values (rows x dimensions) that `similarities` widens with numpy, not numba
 
 
 class VectorIndex(Protocol):
@@ -115,8 +116,14 @@ def similarities(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray | No
     queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if vectors.dtype != np.float16:
         return queries @ (vectors if rows is None else vectors[rows]).T
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+    if (len(vectors) if rows is None else len(rows)) * vectors.shape[1] <= _NUMPY_WIDEN_MAX:
+        # a few hundred rows (a graph's candidates, a small catalogue): numpy widens them in well under
+        # a millisecond, and a process that never needs the kernel never loads numba (~3.7 s)
+        return queries @ (vectors if rows is None else vectors[rows]).astype(np.float32).T
     bits = vectors.view(np.int16)
-    rows = np.arange(len(vectors), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64).ravel()
+    rows = np.arange(len(vectors), dtype=np.int64) if rows is None else rows
     out = np.empty((len(queries), len(rows)), dtype=np.float32)
     if len(rows) and len(queries):
         _float16_kernels()[1](bits, rows, queries * _WIDEN, out)
