@@ -5,7 +5,7 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/vector_dtype_bench.py            
 Builds one knn.index.GraphIndex over N synthetic 384-d unit vectors (bench/knn_bench.py
 `clustered_unit_vectors`, calibrated on real MiniLM vectors), saves it, and loads it twice, as a model
 dir would: over the float32 vectors (pynndescent's own search) and over knn.index.compact_vectors'
-float16 copy (knn.index._Float16Graph). Then 1000 held-out queries, one at a time, k=10 and k=64 (two
+float16 copy (knn.float16_graph.Float16Graph). Then 1000 held-out queries, one at a time, k=10 and k=64 (two
 rounds, float32 and float16 in turn, the second kept):
 p50/p99 latency, recall@10 against exact float32 search (ids; and by similarity as knn_bench counts
 it), the largest |score - float32 dot product| of what each returned, and the bytes of vectors held.

@@ -21,15 +21,9 @@ computed in float32, and no float32 copy of float16 rows is ever made: exact sea
 re-scoring of its candidates go through one cached numba kernel (`similarities`) that widens each
 component as it reads it.
 
-pynndescent cannot search float16 rows: numba has no float16 on the CPU (a jitted function reading a
-float16 array raises NotImplementedError float16), so pynndescent would need a float32 copy of all the
-vectors, the very memory being saved. Over float16 rows the graph is therefore walked by
-`_Float16Graph`: pynndescent's own search (the same saved graph and tree, epsilon bound and -log2(dot)
-distance, so model dirs and graph files are unchanged) as one cached numba function that reads rows as
-int16 bits and widens them to float32 with two integer operations inside the dot product. Weighed and
-not chosen: pynndescent's int8 quantization (compiles a search per process, re-ranks on float32 rows,
-and int8 codes + float16 rows would hold 1.5x the float16 bytes); hardware float16 conversion through
-an LLVM intrinsic (same speed measured, 19 vs 20 ms for 200k rows, but a libcall on CPUs without F16C).
+pynndescent cannot walk float16 rows (numba has no float16 on the CPU), so over float16 rows the
+graph is walked by `knn.float16_graph.Float16Graph`, pynndescent's own search as a cached numba
+kernel over the float16 bits (same graph files).
 Measured by bench/vector_dtype_bench.py (200k synthetic 384-d vectors, one graph, queries one at a
 time, 2 busy cores): vectors 307 -> 154 MB; recall@10 against exact float32 search 0.993 either way;
 graph latency that of pynndescent over float32 (p50/p99 ms, k=10: 0.345/1.73 vs 0.338/1.86; k=64:
@@ -38,7 +32,6 @@ float32 BLAS (22 vs 53 ms p50, one query: one pass over half the bytes).
 """
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 from pathlib import Path
@@ -47,6 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from knn.errors import IndexFileError
+from knn.float16_graph import WIDEN, Float16Graph, float16_kernels
 from knn.numba_cache import ensure_numba_cache_dir
 
 log = logging.getLogger(__name__)
@@ -111,7 +105,7 @@ def similarities(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray | No
     """queries . vectors[rows].T (all rows when None), (n_queries, n_rows), computed in float32.
 
     float16 vectors are never upcast as a whole: a cached numba kernel widens each row's float16 bits
-    as it reads them (`_Float16Graph`'s trick). Measured at 200k x 384, one query: 20 ms, where numpy's
+    as it reads them (knn.float16_graph). Measured at 200k x 384, one query: 20 ms, where numpy's
     float16 -> float32 conversion alone takes ~300 ms (~4 ns a component) and float32 BLAS 50-60 ms."""
     queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if vectors.dtype != np.float16:
@@ -126,7 +120,7 @@ def similarities(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray | No
     rows = np.arange(len(vectors), dtype=np.int64) if rows is None else rows
     out = np.empty((len(queries), len(rows)), dtype=np.float32)
     if len(rows) and len(queries):
-        _float16_kernels()[1](bits, rows, queries * _WIDEN, out)
+        float16_kernels()[1](bits, rows, queries * WIDEN, out)
     return out
 
 
@@ -324,247 +318,12 @@ class GraphIndex:
 
 def _searcher(state: dict, vectors: np.ndarray):
     """What walks the graph over `vectors` (in vector order): pynndescent itself over float32 rows,
-    `_Float16Graph` over float16 rows. Both answer `query(queries, k=, epsilon=, return_distances=False,
+    `Float16Graph` over float16 rows. Both answer `query(queries, k=, epsilon=, return_distances=False,
     pre_normalized=)` with ids and give `__getstate__()` for `GraphIndex.save`."""
     if vectors.dtype == np.float16:
-        return _Float16Graph(state, vectors)
+        return Float16Graph(state, vectors)
     state["_raw_data"] = vectors
     return _restore(state)
-
-
-class _Float16Graph:
-    """pynndescent's search walk (tree leaf seeds, then the bounded best-first graph search, cosine as
-    its -log2(dot) distance) over float16 rows, in one cached numba function (`_float16_search`).
-
-    Numba has no float16 on the CPU (any float16 array read or conversion raises NotImplementedError),
-    so the rows are read as int16 bits and widened in the distance loop: sign-extended to int32, shifted
-    left by 13 and masked with 0x8FFFFFFF (sign, then exponent and mantissa), the bits reinterpreted as
-    float32 are the value x 2**-112 for every normal float16 (`compact_vectors` leaves no subnormals),
-    so the query is scaled by 2**112 once instead: two integer operations per component.
-    Same graph, same tree, same epsilon bound as pynndescent; only the float16 rounding of the rows
-    (<= 2**-11 relative) differs, and the candidates are re-scored by GraphIndex anyway."""
-
-    def __init__(self, state: dict, vectors: np.ndarray):
-        state.pop("_raw_data", None)
-        self._state = state
-        self._raw_data = vectors  # the model's float16 array itself (bench/ reads these attributes)
-        graph = state["_search_graph"]
-        if graph.indices.dtype != np.int32 or graph.indptr.dtype != np.int32:  # one int32 copy, held once
-            from scipy.sparse import csr_array
-
-            graph = csr_array((graph.data, graph.indices.astype(np.int32), graph.indptr.astype(np.int32)),
-                              shape=graph.shape)
-            graph.has_sorted_indices = True
-            state["_search_graph"] = graph
-        self._search_graph = graph
-        self._search_forest = forest = state["_search_forest"]
-        self._bits = vectors.view(np.int16)  # sign-extended on loading: (h << 13) & 0x8FFFFFFF
-        self._indptr, self._indices = np.asarray(graph.indptr), np.asarray(graph.indices)  # views
-        dimensions = vectors.shape[1]
-        if not state.get("tree_init", True) or not forest:
-            self._tree = (np.zeros((1, 1, dimensions), np.float32), np.zeros((1, 1), np.float32),
-                          np.full((1, 1, 2), -1, np.int32), np.zeros((1, 1), np.int32), 0)
-        elif len(forest) == 1:  # views, no stacked copy
-            tree = forest[0]
-            self._tree = tuple(np.asarray(a, dtype=t)[None] for a, t in zip(
-                tree[:4], (np.float32, np.float32, np.int32, np.int32))) + (1,)
-        else:
-            from pynndescent.search import stack_search_forest
-
-            self._tree = (*stack_search_forest(forest, len(vectors)), len(forest))
-        self._leaf_budget = int(state.get("search_tree_leaf_budget", 1) or 1)
-        self._n_neighbors = int(state["n_neighbors"])
-        self._min_distance = np.float32(state["_min_distance"])
-        self._rng_state = np.asarray(state["search_rng_state"], dtype=np.int64).copy()
-        self._visited = np.zeros(len(vectors) // 8 + 1, dtype=np.uint8)
-        self._search = _float16_search()
-
-    def query(self, queries: np.ndarray, k: int = 10, epsilon: float = GRAPH_EPSILON,
-              return_distances: bool = False, pre_normalized: bool = False) -> np.ndarray:
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if not pre_normalized:
-            norms = np.linalg.norm(queries, axis=1, keepdims=True)
-            queries = queries / np.where(norms > 0, norms, 1.0).astype(np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int32)
-        hyperplanes, offsets, children, tree_indices, n_trees = self._tree
-        self._search(self._bits, queries * _WIDEN, queries, np.int64(k), np.float32(epsilon), self._visited,
-                     self._rng_state.copy(), self._indptr, self._indices, hyperplanes, offsets, children,
-                     tree_indices, np.int64(n_trees), np.int64(self._leaf_budget), np.int64(self._n_neighbors),
-                     self._min_distance, ids)
-        if return_distances:
-            raise ValueError("the float16 graph gives ids only (GraphIndex re-scores them)")
-        return ids
-
-    def __getstate__(self) -> dict:
-        return dict(self._state)
-
-
-_WIDEN = np.float32(2.0 ** 112)  # float16 bits << 13 read as float32 are the value x 2**-112
-_KEEP = np.int32(-0x70000001)  # 0x8FFFFFFF: the sign bit and the 15 bits of exponent and mantissa
-_SHIFT = np.int32(13)
-_FAR = np.float32(np.finfo(np.float32).max)
-_FLOAT16_KERNELS = None
-
-
-def _float16_search():
-    return _float16_kernels()[0]
-
-
-def _float16_kernels():
-    """The numba graph search and dot products over float16 bits, compiled once per machine, then read
-    from numba's cache.
-
-    The functions below are plain module-level Python until this jits them in place (numba must not
-    be imported before knn.numba_cache has set its cache directory): as module globals, not closures,
-    numba can cache them on disk (a closure recompiled in every process, ~15 s)."""
-    global _FLOAT16_KERNELS, _f16_alternative, _f16_distance, _f16_four_distances, _f16_walk, _f16_dots
-    global _select_side, _tree_spill_leaves, _check_and_mark_visited, _bits_as_float32, _heap_push, _rand_int
-    if _FLOAT16_KERNELS is not None:
-        return _FLOAT16_KERNELS
-    ensure_numba_cache_dir()
-    import numba
-    from pynndescent.rp_trees import select_side
-    from pynndescent.search import _tree_spill_leaves as spill
-    from pynndescent.utils import check_and_mark_visited, int32_bits_as_float32, simple_heap_push, tau_rand_int
-
-    _select_side, _tree_spill_leaves, _check_and_mark_visited = select_side, spill, check_and_mark_visited
-    _bits_as_float32, _heap_push, _rand_int = int32_bits_as_float32, simple_heap_push, tau_rand_int
-    _f16_alternative = numba.njit(inline="always", fastmath=True)(_f16_alternative)
-    _f16_distance = numba.njit(inline="always", fastmath=True, boundscheck=False)(_f16_distance)
-    _f16_four_distances = numba.njit(inline="always", fastmath=True, boundscheck=False)(_f16_four_distances)
-    _f16_walk = numba.njit(fastmath=True, cache=True, locals={
-        "candidate": numba.int32, "vertex": numba.int32, "d": numba.float32, "d_vertex": numba.float32,
-        "distance_bound": numba.float32, "node": numba.uint32})(_f16_walk)
-    _f16_dots = numba.njit(fastmath=True, cache=True, boundscheck=False)(_f16_dots)
-    _FLOAT16_KERNELS = (_f16_walk, _f16_dots)
-    return _FLOAT16_KERNELS
-
-
-def _f16_dots(bits, rows, queries, out):
-    """out[q, i] = (2**112-scaled) queries[q] . float16 row rows[i], each row read once for all queries."""
-    for i in range(rows.shape[0]):
-        row = bits[rows[i]]
-        for q in range(queries.shape[0]):
-            query = queries[q]
-            total = np.float32(0.0)
-            for t in range(query.shape[0]):
-                total += query[t] * _bits_as_float32((np.int32(row[t]) << _SHIFT) & _KEEP)
-            out[q, i] = total
-
-
-# Bound by _float16_search (pynndescent's numba helpers), so that the functions below find them as globals.
-_select_side = _tree_spill_leaves = _check_and_mark_visited = _bits_as_float32 = _heap_push = _rand_int = None
-
-
-def _f16_alternative(dot):
-    """pynndescent's alternative dot distance: -log2 of the dot product, far when it is <= 0."""
-    if dot <= 0.0:
-        return _FAR
-    return np.float32(-np.log2(dot))
-
-
-def _f16_distance(query, bits, row):
-    """The distance from the (2**112-scaled) query to float16 row `row`, read as int16 bits."""
-    total = np.float32(0.0)
-    for t in range(query.shape[0]):
-        total += query[t] * _bits_as_float32((np.int32(bits[row, t]) << _SHIFT) & _KEEP)
-    return _f16_alternative(total)
-
-
-def _f16_four_distances(query, bits, rows, out):
-    """`_f16_distance` to four rows at once (as pynndescent's walk does: four independent sums)."""
-    s0 = s1 = s2 = s3 = np.float32(0.0)
-    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-    for t in range(query.shape[0]):
-        x = query[t]
-        s0 += x * _bits_as_float32((np.int32(bits[r0, t]) << _SHIFT) & _KEEP)
-        s1 += x * _bits_as_float32((np.int32(bits[r1, t]) << _SHIFT) & _KEEP)
-        s2 += x * _bits_as_float32((np.int32(bits[r2, t]) << _SHIFT) & _KEEP)
-        s3 += x * _bits_as_float32((np.int32(bits[r3, t]) << _SHIFT) & _KEEP)
-    out[0], out[1] = _f16_alternative(s0), _f16_alternative(s1)
-    out[2], out[3] = _f16_alternative(s2), _f16_alternative(s3)
-
-
-def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, rng_state, indptr, indices, hyperplanes,
-              offsets, children, tree_indices, n_trees, leaf_budget, n_neighbors, min_distance, out):
-    """pynndescent.search._search_one for each query over float16 rows; fills `out` with the k ids found
-    (heap order, -1 where fewer)."""
-    priorities = np.empty(k, dtype=np.float32)
-    pending = np.empty(4, dtype=np.int32)
-    pending_d = np.empty(4, dtype=np.float32)
-    for i in range(queries.shape[0]):
-        query = queries[i]
-        tree_query = tree_queries[i]
-        visited[:] = 0
-        priorities[:] = np.inf
-        heap = out[i]
-        heap[:] = -1
-        seeds = [(np.float32(np.inf), np.int32(-1)) for _ in range(0)]
-        n_initial = 0
-        if leaf_budget == 1:
-            for tree in range(n_trees):
-                node = 0
-                while children[tree, node, 0] > 0:
-                    if _select_side(hyperplanes[tree, node], offsets[tree, node], tree_query, rng_state) == 0:
-                        node = children[tree, node, 0]
-                    else:
-                        node = children[tree, node, 1]
-                for j in range(-children[tree, node, 0], -children[tree, node, 1]):
-                    candidate = tree_indices[tree, j]
-                    if _check_and_mark_visited(visited, candidate) == 0:
-                        d = _f16_distance(query, bits, candidate)
-                        _heap_push(priorities, heap, d, candidate)
-                        heapq.heappush(seeds, (d, candidate))
-                        n_initial += 1
-        else:
-            leaves = np.empty((leaf_budget, 2), dtype=np.int32)
-            n_leaves = _tree_spill_leaves(tree_query, rng_state, leaves, hyperplanes, offsets, children, leaf_budget)
-            for leaf in range(n_leaves):
-                for j in range(leaves[leaf, 0], leaves[leaf, 1]):
-                    candidate = tree_indices[0, j]
-                    if _check_and_mark_visited(visited, candidate) == 0:
-                        d = _f16_distance(query, bits, candidate)
-                        _heap_push(priorities, heap, d, candidate)
-                        heapq.heappush(seeds, (d, candidate))
-                        n_initial += 1
-        for _ in range(min(k, n_neighbors) - n_initial):  # random seeds when the tree gave too few
-            candidate = np.int32(np.abs(_rand_int(rng_state)) % bits.shape[0])
-            if _check_and_mark_visited(visited, candidate) == 0:
-                d = _f16_distance(query, bits, candidate)
-                _heap_push(priorities, heap, d, candidate)
-                heapq.heappush(seeds, (d, candidate))
-        if len(seeds) == 0:
-            continue
-        distance_bound = priorities[0] + epsilon * (priorities[0] - min_distance)
-        d_vertex, vertex = heapq.heappop(seeds)
-        while d_vertex < distance_bound:
-            # Unvisited neighbours are scored four at a time, then considered in their order (as
-            # pynndescent does: the walk is the same, the four sums run side by side).
-            n_pending = 0
-            for j in range(indptr[vertex], indptr[vertex + 1]):
-                candidate = indices[j]
-                if _check_and_mark_visited(visited, candidate) == 0:
-                    pending[n_pending] = candidate
-                    n_pending += 1
-                    if n_pending == 4:
-                        _f16_four_distances(query, bits, pending, pending_d)
-                        for r in range(4):
-                            d = pending_d[r]
-                            if d < distance_bound:
-                                _heap_push(priorities, heap, d, pending[r])
-                                heapq.heappush(seeds, (d, pending[r]))
-                                distance_bound = priorities[0] + epsilon * (priorities[0] - min_distance)
-                        n_pending = 0
-            for r in range(n_pending):
-                d = _f16_distance(query, bits, pending[r])
-                if d < distance_bound:
-                    _heap_push(priorities, heap, d, pending[r])
-                    heapq.heappush(seeds, (d, pending[r]))
-                    distance_bound = priorities[0] + epsilon * (priorities[0] - min_distance)
-            if len(seeds) == 0:
-                break
-            d_vertex, vertex = heapq.heappop(seeds)
-    return out
 
 
 def _restore(state: dict):

@@ -140,7 +140,7 @@ def test_graph_over_float16_recall_and_scores(graph_and_vectors, tmp_path):
     half = compact_vectors(vectors)
     loaded = load_index("graph", tmp_path, half)
     assert loaded.vectors is half  # searches the float16 array itself, no float32 copy
-    assert type(loaded._nnd).__name__ == "_Float16Graph"
+    assert type(loaded._nnd).__name__ == "Float16Graph"
     queries = vectors[:100]
     exact_ids, _ = ExactIndex(vectors).query(queries, 10)
     for batch in (True, False):  # one call for all queries, and the single-query serving path
