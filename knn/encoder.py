@@ -147,14 +147,40 @@ class Encoder:
         order = np.argsort([-len(s) for s in sentences], kind="stable")
         batches = range(0, len(sentences), max(1, batch_size))
         if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="embedding", unit="batch", mininterval=2.0)
+            batches = _progress_bar(batches, len(sentences))
         for start in batches:
             rows = order[start:start + batch_size]
             out[rows] = self._session.run(None, _tokenize(self._tokenizer, [sentences[i] for i in rows]))[0]
         return out
 
+
+class _LineWriter:
+    """tqdm's output as whole lines: a job's log (sim's host pipe, CloudWatch) is read a line at a time,
+    and tqdm's carriage-return redraws would show nothing until the bar closes."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self._stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _progress_bar(batches, sentences: int):
+    """tqdm over the batches: redrawn in place on a terminal, a line every 30 s in a log."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    desc = f"embedding {sentences:,} sentences"
+    if sys.stderr.isatty():
+        return tqdm(batches, desc=desc, unit="batch", mininterval=2.0)
+    return tqdm(batches, desc=desc, unit="batch", mininterval=30.0, ascii=True, ncols=100,
+                file=_LineWriter(sys.stderr))
 
 def _load(path: Path, threads: int) -> Encoder:
     import onnxruntime

@@ -131,3 +131,11 @@ def test_unknown_precision_is_refused():
 def test_threads_must_be_positive():
     with pytest.raises(EncoderError, match="threads"):
         load_encoder(ONNX_FILE, threads=0)
+
+
+def test_progress_in_a_log_is_whole_lines(encoder, capsys):
+    """A job's log is read a line at a time (sim's host pipe, CloudWatch): the bar is written as lines."""
+    encoder.encode(SENTENCES[:4] * 10, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.endswith("\n")
+    assert "embedding 40 sentences" in err and "10/10" in err.splitlines()[-1]
