@@ -21,7 +21,8 @@ index rebuilt from the catalog; those written before the encoder precision was r
 those without "vector_dtype" store (and serve) float32 vectors.
 
 No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
-file's size and sha256 against the manifest before reading any of them, and refuses files that the
+file's size and sha256 against the manifest before reading any of them (the sha256 once per machine
+while the files stay unchanged: knn.verified), and refuses files that the
 manifest does not list (except `code/`, which SageMaker adds when it repacks a model, and the
 `model.tar.gz` that the SDK's local mode leaves beside what it extracted).
 """
@@ -30,11 +31,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from knn import verified
 from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, file_sha256, load_encoder, read_settings
 from knn.errors import ModelDirError
 from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
@@ -144,7 +147,11 @@ def manifest_vector_dtype(manifest: dict) -> str:
 
 
 def verify_model_dir(directory: str | Path) -> dict:
-    """Check every file against the manifest; return the manifest. Raises ModelDirError naming the file."""
+    """Check every file against the manifest; return the manifest. Raises ModelDirError naming the file.
+
+    The sha256 of each file is computed once per model dir on a machine: a model dir whose files are
+    unchanged since a passed check (knn.verified) is not hashed again, so the workers of one endpoint
+    share one check. Sizes, missing files and foreign files are checked every time."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     listed = manifest.get("files") or {}
@@ -158,13 +165,21 @@ def verify_model_dir(directory: str | Path) -> dict:
                 f"{directory}: {relative} has {size} bytes, the manifest says {expected.get('bytes')} "
                 "(truncated or replaced); rebuild or re-download the model"
             )
-        if file_sha256(path) != expected.get("sha256"):
-            raise ModelDirError(f"{directory}: {relative} does not match its sha256 in the manifest (tampered or corrupt); rebuild the model")
     for path in directory.rglob("*"):
         relative = path.relative_to(directory).as_posix()
         if (path.is_file() and relative not in listed and relative != MANIFEST
                 and relative.split("/")[0] not in IGNORED_TOP_LEVEL):
             raise ModelDirError(f"{directory}: {relative} is not part of the model (not in the manifest); remove it or rebuild")
+    with verified.checking(directory, (directory / MANIFEST).read_bytes(), list(listed)) as already:
+        if already:
+            log.info("%s: files unchanged since their sha256 check on this machine; not hashed again", directory)
+            return manifest
+        started = time.perf_counter()
+        for relative, expected in sorted(listed.items()):
+            if file_sha256(directory / relative) != expected.get("sha256"):
+                raise ModelDirError(f"{directory}: {relative} does not match its sha256 in the manifest (tampered or corrupt); rebuild the model")
+        log.info("%s: %d files checked against the manifest's sha256 in %.1f s", directory, len(listed),
+                 time.perf_counter() - started)
     return manifest
 
 

@@ -83,6 +83,70 @@ def test_encoder_weights_swapped_are_refused(model_copy):
         load_model_dir(model_copy)
 
 
+
+# --- integrity checked once per machine (knn.verified) ----------------------------------------------
+
+@pytest.fixture()
+def hashed(monkeypatch, tmp_path):
+    """Counts the files load_model_dir hashes; stamps in a directory of this test's own."""
+    import knn.model_dir as model_dir
+
+    monkeypatch.setenv("REVIEW_SEARCH_VERIFIED_DIR", str(tmp_path / "stamps"))
+    monkeypatch.delenv("REVIEW_SEARCH_VERIFY_ALWAYS", raising=False)
+    calls = []
+    real = model_dir.file_sha256
+    monkeypatch.setattr(model_dir, "file_sha256", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+def test_an_unchanged_model_dir_is_hashed_once(model_copy, hashed):
+    files = len(json.loads((model_copy / MANIFEST).read_text())["files"])
+    verify_model_dir(model_copy)
+    assert len(hashed) == files
+    verify_model_dir(model_copy)
+    load_model_dir(model_copy)  # as a second and third worker would
+    assert len(hashed) == files
+
+
+def test_a_file_changed_after_the_check_is_hashed_and_refused(model_copy, hashed):
+    import os
+
+    verify_model_dir(model_copy)
+    path = model_copy / "catalog.parquet"
+    before = path.stat()
+    path.write_bytes(b"X" + path.read_bytes()[1:])  # same size, and the mtime put back
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ModelDirError, match="catalog.parquet does not match its sha256"):
+        verify_model_dir(model_copy)
+
+
+def test_a_replaced_file_is_hashed_and_refused(model_copy, hashed):
+    verify_model_dir(model_copy)
+    path = model_copy / "sentences.parquet"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    replacement = model_copy / "replacement"
+    replacement.write_bytes(bytes(data))
+    replacement.replace(path)
+    with pytest.raises(ModelDirError, match="sentences.parquet does not match"):
+        verify_model_dir(model_copy)
+
+
+def test_stamps_switched_off_or_untrusted_hash_every_time(model_copy, hashed, monkeypatch, tmp_path):
+    files = len(json.loads((model_copy / MANIFEST).read_text())["files"])
+    monkeypatch.setenv("REVIEW_SEARCH_VERIFY_ALWAYS", "1")
+    verify_model_dir(model_copy)
+    verify_model_dir(model_copy)
+    assert len(hashed) == 2 * files
+    monkeypatch.delenv("REVIEW_SEARCH_VERIFY_ALWAYS")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # others may write there: a stamp in it proves nothing
+    monkeypatch.setenv("REVIEW_SEARCH_VERIFIED_DIR", str(shared))
+    verify_model_dir(model_copy)
+    verify_model_dir(model_copy)
+    assert len(hashed) == 4 * files
+
 # --- vector dtype (issue 14: float16 vectors, stored and served) -----------------------------------
 def as_float32_model_dir(directory):
     """Rewrite a model dir as one written before float16 vectors: float32 .npy, no "vector_dtype" key."""
