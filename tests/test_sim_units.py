@@ -237,3 +237,30 @@ def test_sdk_config_is_validated_once_and_invalid_configs_still_fail(monkeypatch
         with pytest.raises(jsonschema.ValidationError):
             sagemaker.utils.validate_sagemaker_config(["not", "a", "config"])
     assert len(calls) == 3  # a failing config is checked every time
+
+
+def test_artifacts_pack_every_host_into_one_readable_gzip(tmp_path):
+    import gzip
+    import tarfile
+
+    from local_runs.sim import artifacts
+
+    hosts = {}
+    for host, files in (("algo-1", {"a.txt": "one", "shards/p0.npy": "x"}), ("algo-2", {"shards/p1.npy": "y"})):
+        root = tmp_path / host / "model"
+        for name, text in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        (tmp_path / host / "output").mkdir()
+        hosts[host] = {"volumes": [f"{root}:/opt/ml/model", f"{tmp_path / host / 'output'}:/opt/ml/output"]}
+    out = tmp_path / "out"
+    uri = artifacts.retrieve(str(tmp_path), list(hosts), {"services": hosts}, {"S3OutputPath": f"file://{out}"},
+                             "job", None)
+    assert uri == f"file://{out}/model.tar.gz"
+    with gzip.open(out / "model.tar.gz") as stream:
+        assert stream.read(1)  # a real gzip stream, whatever its level
+    with tarfile.open(out / "model.tar.gz", "r:gz") as archive:
+        archive.extractall(tmp_path / "x", filter="data")
+    got = {p.relative_to(tmp_path / "x").as_posix(): p.read_text() for p in (tmp_path / "x").rglob("*") if p.is_file()}
+    assert got == {"a.txt": "one", "shards/p0.npy": "x", "shards/p1.npy": "y"}
+    assert (out / "output.tar.gz").is_file()
