@@ -15,8 +15,6 @@ bytes); hardware float16 conversion through an LLVM intrinsic (same speed measur
 """
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 from knn.numba_cache import ensure_numba_cache_dir
@@ -67,6 +65,8 @@ class Float16Graph:
         self._min_distance = np.float32(state["_min_distance"])
         self._rng_state = np.asarray(state["search_rng_state"], dtype=np.int64).copy()
         self._visited = np.zeros(len(vectors) // 8 + 1, dtype=np.uint8)
+        self._seed_keys = np.empty(len(vectors) + 1, dtype=np.float32)  # the walk's heap of seeds
+        self._seed_ids = np.empty(len(vectors) + 1, dtype=np.int32)
         self._search = _float16_search()
 
     def query(self, queries: np.ndarray, k: int = 10, epsilon: float = 0.3,
@@ -78,7 +78,7 @@ class Float16Graph:
         ids = np.full((len(queries), k), -1, dtype=np.int32)
         hyperplanes, offsets, children, tree_indices, n_trees = self._tree
         self._search(self._bits, queries * WIDEN, queries, np.int64(k), np.float32(epsilon), self._visited,
-                     self._rng_state.copy(), self._indptr, self._indices, hyperplanes, offsets, children,
+                     self._seed_keys, self._seed_ids, self._rng_state.copy(), self._indptr, self._indices, hyperplanes, offsets, children,
                      tree_indices, np.int64(n_trees), np.int64(self._leaf_budget), np.int64(self._n_neighbors),
                      self._min_distance, ids)
         if return_distances:
@@ -109,19 +109,24 @@ def float16_kernels():
     numba can cache them on disk (a closure recompiled in every process, ~15 s)."""
     global _FLOAT16_KERNELS, _f16_alternative, _f16_distance, _f16_four_distances, _f16_walk, _f16_dots
     global _select_side, _tree_spill_leaves, _check_and_mark_visited, _bits_as_float32, _heap_push, _rand_int
+    global _seed_push, _seed_pop
     if _FLOAT16_KERNELS is not None:
         return _FLOAT16_KERNELS
     ensure_numba_cache_dir()
     import numba
-    from pynndescent.rp_trees import select_side
-    from pynndescent.search import _tree_spill_leaves as spill
-    from pynndescent.utils import check_and_mark_visited, int32_bits_as_float32, simple_heap_push, tau_rand_int
 
-    _select_side, _tree_spill_leaves, _check_and_mark_visited = select_side, spill, check_and_mark_visited
-    _bits_as_float32, _heap_push, _rand_int = int32_bits_as_float32, simple_heap_push, tau_rand_int
-    _f16_alternative = numba.njit(inline="always", fastmath=True)(_f16_alternative)
-    _f16_distance = numba.njit(inline="always", fastmath=True, boundscheck=False)(_f16_distance)
-    _f16_four_distances = numba.njit(inline="always", fastmath=True, boundscheck=False)(_f16_four_distances)
+    inline = numba.njit(fastmath=True, boundscheck=False)  # LLVM inlines them; numba's IR inlining compiled 3x slower
+    _bits_as_float32 = _bits_as_float32_intrinsic(numba)
+    _rand_int = inline(_rand_int)
+    _check_and_mark_visited = inline(_check_and_mark_visited)
+    _heap_push = inline(_heap_push)
+    _select_side = inline(_select_side)
+    _tree_spill_leaves = inline(_tree_spill_leaves)
+    _seed_push = inline(_seed_push)
+    _seed_pop = inline(_seed_pop)
+    _f16_alternative = inline(_f16_alternative)
+    _f16_distance = inline(_f16_distance)
+    _f16_four_distances = inline(_f16_four_distances)
     _f16_walk = numba.njit(fastmath=True, cache=True, locals={
         "candidate": numba.int32, "vertex": numba.int32, "d": numba.float32, "d_vertex": numba.float32,
         "distance_bound": numba.float32, "node": numba.uint32})(_f16_walk)
@@ -142,8 +147,137 @@ def _f16_dots(bits, rows, queries, out):
             out[q, i] = total
 
 
-# Bound by _float16_search (pynndescent's numba helpers), so that the functions below find them as globals.
-_select_side = _tree_spill_leaves = _check_and_mark_visited = _bits_as_float32 = _heap_push = _rand_int = None
+_bits_as_float32 = None  # the intrinsic, made by float16_kernels once numba may be imported
+
+
+def _bits_as_float32_intrinsic(numba):
+    """An int32's bits read as a float32 (pynndescent.utils.int32_bits_as_float32)."""
+    from llvmlite import ir
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def bits_as_float32(typingctx, x):
+        if not isinstance(x, numba.types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(context.cast(builder, args[0], sig.args[0], numba.types.int32), ir.FloatType())
+
+        return numba.types.float32(x), codegen
+
+    return bits_as_float32
+
+
+# pynndescent 0.7.0's helpers of its search (BSD-2-Clause, (c) Leland McInnes), copied so that serving a
+# float16 model never imports pynndescent: its import compiles its explicitly typed functions, ~18 s
+# of a first start on an empty numba cache. Jitted (inline) by float16_kernels.
+
+def _rand_int(state):
+    """pynndescent.utils.tau_rand_int: a fast pseudo-random int32 (rng state: 3 int64)."""
+    state[0] = (((state[0] & 4294967294) << 12) & 0xFFFFFFFF) ^ ((((state[0] << 13) & 0xFFFFFFFF) ^ state[0]) >> 19)
+    state[1] = (((state[1] & 4294967288) << 4) & 0xFFFFFFFF) ^ ((((state[1] << 2) & 0xFFFFFFFF) ^ state[1]) >> 25)
+    state[2] = (((state[2] & 4294967280) << 17) & 0xFFFFFFFF) ^ ((((state[2] << 3) & 0xFFFFFFFF) ^ state[2]) >> 11)
+    return np.int32(state[0] ^ state[1] ^ state[2])
+
+
+def _check_and_mark_visited(table, candidate):
+    """pynndescent.utils.check_and_mark_visited: was `candidate` visited (bit table)? Marks it."""
+    loc = candidate >> 3
+    mask = np.uint8(1 << (candidate & 7))
+    was_visited = table[loc] & mask
+    table[loc] |= mask
+    return was_visited
+
+
+def _heap_push(priorities, indices, p, n):
+    """pynndescent.utils.simple_heap_push: push (p, n) into a max-heap of fixed size if p beats its top."""
+    if p >= priorities[0]:
+        return 0
+    size = priorities.shape[0]
+    priorities[0] = p
+    indices[0] = n
+    i = 0
+    while True:
+        ic1 = 2 * i + 1
+        ic2 = ic1 + 1
+        if ic1 >= size:
+            break
+        elif ic2 >= size:
+            if priorities[ic1] > p:
+                i_swap = ic1
+            else:
+                break
+        elif priorities[ic1] >= priorities[ic2]:
+            if p < priorities[ic1]:
+                i_swap = ic1
+            else:
+                break
+        else:
+            if p < priorities[ic2]:
+                i_swap = ic2
+            else:
+                break
+        priorities[i] = priorities[i_swap]
+        indices[i] = indices[i_swap]
+        i = i_swap
+    priorities[i] = p
+    indices[i] = n
+    return 1
+
+
+def _select_side(hyperplane, offset, point, rng_state):
+    """pynndescent.rp_trees.select_side: which child of a tree node the point falls in (0 or 1)."""
+    margin = offset
+    for d in range(point.shape[0]):
+        margin += hyperplane[d] * point[d]
+    if abs(margin) < 1e-8:
+        return 0 if np.abs(_rand_int(rng_state)) % 2 == 0 else 1
+    elif margin > 0:
+        return 0
+    return 1
+
+
+def _tree_spill_leaves(point, rng_state, leaves, tree_hyperplanes, tree_offsets, tree_children, leaf_budget):
+    """pynndescent.search._tree_spill_leaves: best-first descent of the first tree, up to leaf_budget leaves."""
+    max_tree_nodes = tree_children.shape[1]
+    frontier_priorities = np.empty(max_tree_nodes, dtype=np.float32)
+    frontier_nodes = np.empty(max_tree_nodes, dtype=np.int32)
+    frontier_size = 1
+    frontier_priorities[0] = 0.0
+    frontier_nodes[0] = 0
+    leaf_count = 0
+    while leaf_count < leaf_budget and frontier_size > 0:
+        best = 0
+        for frontier_index in range(1, frontier_size):
+            if frontier_priorities[frontier_index] < frontier_priorities[best]:
+                best = frontier_index
+        priority = frontier_priorities[best]
+        node = frontier_nodes[best]
+        frontier_size -= 1
+        frontier_priorities[best] = frontier_priorities[frontier_size]
+        frontier_nodes[best] = frontier_nodes[frontier_size]
+        if tree_children[0, node, 0] <= 0:
+            leaves[leaf_count, 0] = -tree_children[0, node, 0]
+            leaves[leaf_count, 1] = -tree_children[0, node, 1]
+            leaf_count += 1
+            continue
+        margin = tree_offsets[0, node]
+        for dimension in range(point.shape[0]):
+            margin += tree_hyperplanes[0, node, dimension] * point[dimension]
+        if abs(margin) < 1.0e-8:
+            primary_side = np.abs(_rand_int(rng_state)) % 2
+        elif margin > 0.0:
+            primary_side = 0
+        else:
+            primary_side = 1
+        alternate_side = 1 - primary_side
+        frontier_priorities[frontier_size] = priority
+        frontier_nodes[frontier_size] = tree_children[0, node, primary_side]
+        frontier_size += 1
+        frontier_priorities[frontier_size] = max(priority, abs(margin))
+        frontier_nodes[frontier_size] = tree_children[0, node, alternate_side]
+        frontier_size += 1
+    return leaf_count
 
 
 def _f16_alternative(dot):
@@ -175,8 +309,47 @@ def _f16_four_distances(query, bits, rows, out):
     out[2], out[3] = _f16_alternative(s2), _f16_alternative(s3)
 
 
-def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, rng_state, indptr, indices, hyperplanes,
-              offsets, children, tree_indices, n_trees, leaf_budget, n_neighbors, min_distance, out):
+def _seed_push(keys, ids, size, key, vertex):
+    """Push onto the walk's min-heap of seeds (arrays with room for every vertex: each is pushed once at
+    most, when first visited); the new size. pynndescent uses heapq on a list of tuples, which numba
+    compiles ~2x slower."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] <= key:
+            break
+        keys[i] = keys[parent]
+        ids[i] = ids[parent]
+        i = parent
+    keys[i] = key
+    ids[i] = vertex
+    return size + 1
+
+
+def _seed_pop(keys, ids, size):
+    """The nearest seed off the min-heap: (key, vertex, new size)."""
+    top_key, top_id = keys[0], ids[0]
+    size -= 1
+    key, vertex = keys[size], ids[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] < keys[child]:
+            child += 1
+        if keys[child] >= key:
+            break
+        keys[i] = keys[child]
+        ids[i] = ids[child]
+        i = child
+    keys[i] = key
+    ids[i] = vertex
+    return top_key, top_id, size
+
+
+def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, seed_keys, seed_ids, rng_state, indptr, indices,
+              hyperplanes, offsets, children, tree_indices, n_trees, leaf_budget, n_neighbors, min_distance, out):
     """pynndescent.search._search_one for each query over float16 rows; fills `out` with the k ids found
     (heap order, -1 where fewer)."""
     priorities = np.empty(k, dtype=np.float32)
@@ -189,7 +362,7 @@ def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, rng_state, indpt
         priorities[:] = np.inf
         heap = out[i]
         heap[:] = -1
-        seeds = [(np.float32(np.inf), np.int32(-1)) for _ in range(0)]
+        n_seeds = 0
         n_initial = 0
         if leaf_budget == 1:
             for tree in range(n_trees):
@@ -204,7 +377,7 @@ def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, rng_state, indpt
                     if _check_and_mark_visited(visited, candidate) == 0:
                         d = _f16_distance(query, bits, candidate)
                         _heap_push(priorities, heap, d, candidate)
-                        heapq.heappush(seeds, (d, candidate))
+                        n_seeds = _seed_push(seed_keys, seed_ids, n_seeds, d, candidate)
                         n_initial += 1
         else:
             leaves = np.empty((leaf_budget, 2), dtype=np.int32)
@@ -215,18 +388,18 @@ def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, rng_state, indpt
                     if _check_and_mark_visited(visited, candidate) == 0:
                         d = _f16_distance(query, bits, candidate)
                         _heap_push(priorities, heap, d, candidate)
-                        heapq.heappush(seeds, (d, candidate))
+                        n_seeds = _seed_push(seed_keys, seed_ids, n_seeds, d, candidate)
                         n_initial += 1
         for _ in range(min(k, n_neighbors) - n_initial):  # random seeds when the tree gave too few
             candidate = np.int32(np.abs(_rand_int(rng_state)) % bits.shape[0])
             if _check_and_mark_visited(visited, candidate) == 0:
                 d = _f16_distance(query, bits, candidate)
                 _heap_push(priorities, heap, d, candidate)
-                heapq.heappush(seeds, (d, candidate))
-        if len(seeds) == 0:
+                n_seeds = _seed_push(seed_keys, seed_ids, n_seeds, d, candidate)
+        if n_seeds == 0:
             continue
         distance_bound = priorities[0] + epsilon * (priorities[0] - min_distance)
-        d_vertex, vertex = heapq.heappop(seeds)
+        d_vertex, vertex, n_seeds = _seed_pop(seed_keys, seed_ids, n_seeds)
         while d_vertex < distance_bound:
             # Unvisited neighbours are scored four at a time, then considered in their order (as
             # pynndescent does: the walk is the same, the four sums run side by side).
@@ -242,16 +415,16 @@ def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, rng_state, indpt
                             d = pending_d[r]
                             if d < distance_bound:
                                 _heap_push(priorities, heap, d, pending[r])
-                                heapq.heappush(seeds, (d, pending[r]))
+                                n_seeds = _seed_push(seed_keys, seed_ids, n_seeds, d, pending[r])
                                 distance_bound = priorities[0] + epsilon * (priorities[0] - min_distance)
                         n_pending = 0
             for r in range(n_pending):
                 d = _f16_distance(query, bits, pending[r])
                 if d < distance_bound:
                     _heap_push(priorities, heap, d, pending[r])
-                    heapq.heappush(seeds, (d, pending[r]))
+                    n_seeds = _seed_push(seed_keys, seed_ids, n_seeds, d, pending[r])
                     distance_bound = priorities[0] + epsilon * (priorities[0] - min_distance)
-            if len(seeds) == 0:
+            if n_seeds == 0:
                 break
-            d_vertex, vertex = heapq.heappop(seeds)
+            d_vertex, vertex, n_seeds = _seed_pop(seed_keys, seed_ids, n_seeds)
     return out

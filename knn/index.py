@@ -267,18 +267,19 @@ class GraphIndex:
     @classmethod
     def load(cls, directory: Path, vectors: np.ndarray) -> "GraphIndex":
         ensure_numba_cache_dir()
-        import pynndescent
+        from importlib.metadata import version
 
+        installed = version("pynndescent")  # not imported: serving float16 rows never needs it
         try:
             meta = json.loads((directory / _STATE_FILE).read_text())
             with np.load(directory / _ARRAYS_FILE, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
         except (OSError, ValueError, KeyError) as exc:
             raise IndexFileError(f"cannot read the graph index in {directory}: {exc}; rebuild the model") from None
-        if meta.get("format") != _FORMAT or meta.get("pynndescent") != pynndescent.__version__:
+        if meta.get("format") != _FORMAT or meta.get("pynndescent") != installed:
             raise IndexFileError(
                 f"the graph index in {directory} was saved by pynndescent {meta.get('pynndescent')} "
-                f"(format {meta.get('format')}); this is pynndescent {pynndescent.__version__}: rebuild the model"
+                f"(format {meta.get('format')}); this is pynndescent {installed}: rebuild the model"
             )
         from scipy.sparse import csr_array
 

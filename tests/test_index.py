@@ -177,3 +177,24 @@ def test_graph_built_over_float16_saves_and_loads_either_way(tmp_path):
     assert (a == b).all()
     assert np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a, c)]) >= 0.95
     assert build_index(half, "exact").vectors is half
+
+
+def test_serving_a_float16_graph_never_imports_pynndescent(graph_and_vectors, tmp_path):
+    """pynndescent's import compiles its typed functions (~18 s on an empty numba cache): a process
+    serving float16 rows walks the graph without it."""
+    import subprocess
+    import sys
+
+    from knn.index import compact_vectors
+
+    graph, vectors = graph_and_vectors
+    graph.save(tmp_path / "index")
+    np.save(tmp_path / "vectors.npy", compact_vectors(vectors))
+    expected = load_index("graph", tmp_path / "index", compact_vectors(vectors)).query(vectors[:3], 5)[0]
+    code = ("import sys, numpy as np; from pathlib import Path; from knn.index import load_index; "
+            f"d = Path({str(tmp_path)!r}); v = np.load(d / 'vectors.npy'); "
+            "ids, _ = load_index('graph', d / 'index', v).query(v[:3].astype(np.float32), 5); "
+            "print(ids.tolist()); print('pynndescent' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[1] == "False"
+    assert out[0] == str(expected.tolist())
