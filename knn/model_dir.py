@@ -8,7 +8,8 @@ Layout:
     catalog.parquet        one row per review (knn.reviews.CATALOG_COLUMNS)
     sentences.parquet      sentence text and the catalog row it came from
     vectors.npy            unit vectors, one row per sentence, float16 ("vector_dtype" in the manifest; served
-                           as stored: knn.index searches float16 rows, computing in float32)
+                           as stored, mapped from the file so the workers of one machine share one copy:
+                           knn.index searches float16 rows, computing in float32)
     index/                 the graph index's files (none for exact search)
     headlines.parquet      the review headlines that are searched (not "Five Stars"-style) and their catalog row
     headline_vectors.npy   unit vectors, one row per headline, in the same dtype
@@ -183,19 +184,28 @@ def verify_model_dir(directory: str | Path) -> dict:
     return manifest
 
 
+def _load_vectors(path: Path, vector_dtype: str) -> np.ndarray:
+    """float16 vectors are mapped read-only from the file, not read into the process: every worker that
+    serves the same model dir (the endpoint's, on one machine) reads the same page-cache pages, one copy
+    in all. float32 vectors (model dirs written before) are read as before: pynndescent searches them."""
+    if vector_dtype == "float16":
+        return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
+    return np.load(path, allow_pickle=False)
+
+
 def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     """Verify, then load a model dir into a ready ProductSearch."""
     directory = Path(directory)
     manifest = verify_model_dir(directory)
+    vector_dtype = manifest_vector_dtype(manifest)
     try:
         catalog = pd.read_parquet(directory / "catalog.parquet")
         sentences = pd.read_parquet(directory / "sentences.parquet")
-        vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+        vectors = _load_vectors(directory / "vectors.npy", vector_dtype)
     except Exception as exc:  # a verified file that still fails to parse was written wrongly
         raise ModelDirError(f"{directory}: cannot read the model's data ({exc}); rebuild the model") from None
     if len(vectors) != len(sentences):
         raise ModelDirError(f"{directory}: {len(vectors)} vectors for {len(sentences)} sentences; rebuild the model")
-    vector_dtype = manifest_vector_dtype(manifest)
     if vector_dtype not in VECTOR_DTYPES or vectors.dtype != np.dtype(vector_dtype):
         raise ModelDirError(f"{directory}: vectors.npy is {vectors.dtype}, the manifest says {vector_dtype}; "
                             "rebuild the model")
@@ -206,7 +216,7 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     if "headlines.parquet" in listed:
         try:
             headlines = pd.read_parquet(directory / "headlines.parquet")
-            headline_vectors = np.load(directory / "headline_vectors.npy", allow_pickle=False)
+            headline_vectors = _load_vectors(directory / "headline_vectors.npy", vector_dtype)
         except Exception as exc:
             raise ModelDirError(f"{directory}: cannot read the model's headlines ({exc}); rebuild the model") from None
         if headline_vectors.dtype != vectors.dtype:
