@@ -90,10 +90,25 @@ def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
     assert 0 < serve["search_vectors_ms"]["p50"] <= serve["search_vectors_ms"]["p99"]
     assert [t["unit"] for t in data["targets"]] == ["GB", "ms"]
     assert 0.05 < data["targets"][0]["measured"] < 20 and data["targets"][1]["measured"] > 0
-    # a second run reuses the cached model dir
+    # a second run reuses the cached model dir, and serves it from two processes at once too
     scale_bench.main(["--sentences", "1500", "--texts", "synthetic", "--index-kind", "exact", "--queries", "100",
-                      "--work-dir", str(tmp_path / "work"), "--out", str(out)])
-    assert json.loads(out.read_text())["results"]["build_cached"] is True
+                      "--work-dir", str(tmp_path / "work"), "--out", str(out), "--workers", "2"])
+    again = json.loads(out.read_text())
+    assert again["results"]["build_cached"] is True
+    workers = again["results"]["workers"]
+    assert workers["count"] == 2 and len(workers["pss_bytes_each"]) == 2
+    assert all(50 * 1024 ** 2 < pss <= rss for pss, rss in zip(workers["pss_bytes_each"], workers["rss_bytes_each"]))
+    assert [t["unit"] for t in again["targets"]] == ["GB", "GB", "ms"]
+    assert again["targets"][1]["measured"] == pytest.approx(sum(workers["pss_bytes_each"]) / 1e9, abs=1e-3)
+
+    # the size plot: two sizes, a projection to 10M
+    bigger = json.loads(out.read_text())
+    bigger["results"]["serve"]["sentences"] = 3000
+    (tmp_path / "scale-3000.json").write_text(json.dumps(bigger))
+    plot_scale = _module("plot_scale")
+    assert plot_scale.main(["--results", str(tmp_path), "--out", str(tmp_path / "scale.png")]) == 0
+    assert (tmp_path / "scale.png").stat().st_size > 10_000
+    assert [p["sentences"] for p in plot_scale.load_points(tmp_path)] == [1500, 3000]
 
 
 def test_recall_counts_tied_duplicates_as_found(knn_bench):
