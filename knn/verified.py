@@ -1,9 +1,9 @@
 """A record of the model dirs whose files were already checked against their manifest, so that the
 workers of one endpoint (each runs `model_fn`, and so `load_model_dir`) hash a model once, not once each.
 
-After a full check, `record` writes a stamp: the manifest's sha256 and, for every listed file, its
-device, inode, size, mtime and ctime (nanoseconds). `matches` is true only while every file still has
-exactly those: a file rewritten in place changes its ctime (which no user-space call can set back), a
+`checking` says whether a model dir needs hashing; after a full check that passed it writes a stamp:
+the manifest's sha256 and, for every listed file, its device, inode, size, mtime and ctime
+(nanoseconds). A later load skips the hashing only while every file still has exactly those: a file rewritten in place changes its ctime (which no user-space call can set back), a
 file replaced changes its inode, so any change to a file after the check sends the next load back to
 hashing. Stamps live in a per-user directory of the temporary directory (mode 0700; one that is not
 ours, or that others may write, is not trusted and nothing is skipped); a lock makes the workers that
