@@ -43,6 +43,9 @@ from knn.lexical import LexicalIndex
 from knn.sentences import split_sentences
 
 CANDIDATES_PER_SENTENCE = 64
+# Rows per block where all passage vectors are read once (pair and review norms): a block's float32
+# temporaries are ~3 x 16k x 384 x 4 bytes = 75 MB (100k-row blocks made a 0.45 GiB peak at the first query).
+_BLOCK_ROWS = 16_384
 RESULT_FIELDS = (
     "review_id", "product_id", "product_title", "star_rating", "review_headline", "review_body",
     "product_search_score", "matched_sentence", "matched_field",
@@ -114,9 +117,19 @@ _WORD_CHARACTERS = str.maketrans({**{chr(c): " " for c in range(128) if not (chr
 
 def negated(texts) -> np.ndarray:
     """Whether each text holds a negation word (bool array)."""
-    texts = texts.tolist() if hasattr(texts, "tolist") else list(texts)
+    if not hasattr(texts, "iloc"):
+        texts = list(texts)
     return np.fromiter((not NEGATION_WORDS.isdisjoint(str(text).lower().translate(_WORD_CHARACTERS).split())
-                        for text in texts), dtype=bool, count=len(texts))
+                        for text in _one_by_one(texts)), dtype=bool, count=len(texts))
+
+
+def _one_by_one(texts):
+    """The texts of a list, or of a Series a block at a time (not a million Python strings at once)."""
+    if not hasattr(texts, "iloc"):
+        yield from texts
+        return
+    for begin in range(0, len(texts), _BLOCK_ROWS):
+        yield from texts.iloc[begin:begin + _BLOCK_ROWS].tolist()
 
 
 class _Passages:
@@ -391,8 +404,8 @@ class ProductSearch:
         if getattr(self, "_pairs", None) is None:
             vectors = self._body.vectors
             norms = np.ones(len(vectors), np.float32)
-            for begin in range(0, max(len(vectors) - 1, 0), 100_000):
-                end = min(begin + 100_000, len(vectors) - 1)
+            for begin in range(0, max(len(vectors) - 1, 0), _BLOCK_ROWS):
+                end = min(begin + _BLOCK_ROWS, len(vectors) - 1)
                 block = vectors[begin:end + 1].astype(np.float32)  # float16 storage: one block upcast at a time
                 norms[begin:end] = np.linalg.norm(block[:-1] + block[1:], axis=1)
             self._pairs = np.where(norms > 0, norms, 1.0).astype(np.float32)
@@ -404,8 +417,8 @@ class ProductSearch:
             dimensions = self._body.vectors.shape[1]
             sums = np.zeros((len(self._ratings), dimensions), np.float32)
             for source in self._sources:
-                for begin in range(0, len(source), 100_000):
-                    block = slice(begin, begin + 100_000)
+                for begin in range(0, len(source), _BLOCK_ROWS):
+                    block = slice(begin, begin + _BLOCK_ROWS)
                     order = np.argsort(source.review[block], kind="stable")
                     owners = source.review[block][order]
                     starts = np.flatnonzero(np.diff(owners, prepend=-1))

@@ -239,3 +239,44 @@ def test_best_first_equals_a_stable_full_sort():
         n, count = int(rng.integers(0, 300)), int(rng.integers(1, 70))
         scores = (rng.integers(0, 6, size=n) if rng.random() < 0.5 else rng.random(n)).astype(np.float32)  # ties too
         np.testing.assert_array_equal(_best_first(scores, count), np.argsort(-scores, kind="stable")[:count])
+
+
+def test_lexical_hits_are_the_same_merged_densely_or_by_sorting(monkeypatch):
+    """Big postings are summed into a dense array instead of sorted: the same rows and the same
+    float32 scores, to the bit."""
+    import knn.lexical as lexical
+
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(40)]
+    documents = [" ".join(rng.choice(words, size=int(rng.integers(0, 12)), p=np.linspace(2, 0.1, 40) / 42.0))
+                 for _ in range(3000)]
+    index = lexical.LexicalIndex.build(documents)
+    queries = [" ".join(rng.choice(words, size=int(rng.integers(1, 7)))) for _ in range(200)]
+    monkeypatch.setattr(lexical, "_DENSE_BELOW", 10 ** 12)  # always sorted
+    sorted_ = [index.hits(q) for q in queries]
+    monkeypatch.setattr(lexical, "_DENSE_BELOW", 1)  # dense whenever a query has >= 2 terms and many postings
+    dense = [index.hits(q) for q in queries]
+    assert sum(len(rows) > 0 for rows, _ in dense) > 150
+    for (rows_s, scores_s), (rows_d, scores_d) in zip(sorted_, dense):
+        np.testing.assert_array_equal(rows_s, rows_d)
+        assert scores_s.dtype == scores_d.dtype == np.float32
+        np.testing.assert_array_equal(scores_s, scores_d)
+
+
+def test_passage_norms_and_negation_are_the_same_in_small_blocks(fixture_model_dir, monkeypatch):
+    """Pair norms and negation flags are computed a block of rows at a time (the memory peak of the
+    first query); the block size changes nothing."""
+    import knn.search as search
+    from knn.model_dir import load_model_dir
+
+    whole = load_model_dir(fixture_model_dir)
+    monkeypatch.setattr(search, "_BLOCK_ROWS", 3)
+    blocked = load_model_dir(fixture_model_dir)
+    assert len(blocked.corpus.sentences) > 10
+    np.testing.assert_array_equal(whole._pair_norms(), blocked._pair_norms())
+    np.testing.assert_array_equal(whole._body.negated, blocked._body.negated)
+    texts = whole.corpus.sentences["sentence"]
+    np.testing.assert_array_equal(search.negated(texts), search.negated(texts.tolist()))
+    vectors = whole.corpus.vectors.astype(np.float32)
+    expected = np.linalg.norm(vectors[:-1] + vectors[1:], axis=1)
+    np.testing.assert_allclose(blocked._pair_norms()[:-1], np.where(expected > 0, expected, 1.0), rtol=1e-6)
