@@ -17,6 +17,8 @@ What it does:
    The encoder is timed separately (ProductSearch.encoder.encode of one sentence), not in the search
    latency. Peak RSS: ru_maxrss and /proc/self/status VmHWM, after load and after the queries, plus what
    the big arrays and tables hold.
+3. With --recall, in one more fresh process: recall@10 of the served index (float16 rows, graph walk)
+   against exact float32 search over the build's own vectors, regenerated from their seed.
 Prints a table and the target lines ("target: ... measured: ... PASS / FALLS SHORT", via bench/common.py); writes --out
 (default bench/results/scale.json).
 """
@@ -45,6 +47,7 @@ DEFAULT_WORK_DIR = Path.home() / ".cache" / "review-search" / "bench"
 TARGET_RSS_GB = 1.5  # issue 14, 1M sentences in one worker, read as 10^9 bytes (GiB are printed too)
 TARGET_P99_MS = 30.0
 TARGET_WORKERS_GB = 2.0  # issue 14, 1M sentences, 2 workers, in all
+TARGET_RECALL = 0.99  # issue 14, recall@10 of the served index against exact float32 search, 1M
 
 
 def memory_now() -> dict:
@@ -274,6 +277,35 @@ def serve(model_dir: Path, n_queries: int, n_items: int, seed: int, together: Pa
             "encoder_one_sentence_ms": percentiles(encode_times * 1e3)}
 
 
+def recall(model_dir: Path, n_queries: int = 200) -> dict:
+    """Recall@10 of the served index (float16 rows, graph walk, re-scored) against exact float32 search
+    over the vectors the build drew (the same stream, regenerated here; the model dir keeps float16 only).
+    Held-out queries, as `serve` uses. A returned id counts when it is as similar as the 10th true
+    neighbour (knn_bench.recall_at). Both k=10 and the top 10 of the k=64 that serving asks for."""
+    from knn.model_dir import load_model_dir
+    from knn_bench import recall_at
+
+    search = load_model_dir(model_dir)
+    n = len(search.corpus.vectors)
+    exact = clustered_unit_vectors(n, seed=1)
+    if not np.allclose(exact[:1000].astype(np.float16), search.corpus.vectors[:1000], atol=1e-3):
+        return {"skipped": "the model's vectors are not scale_bench's synthetic stream (another --model-dir?)"}
+    queries = clustered_unit_vectors(n_queries, seed=1, skip=n)
+    sims = np.full((n_queries, 10), -np.inf, np.float32)
+    truth = np.zeros((n_queries, 10), np.int64)
+    for begin in range(0, n, 100_000):  # exact float32 top 10, a block of rows at a time
+        block = queries @ exact[begin:begin + 100_000].T
+        top = np.argpartition(-block, 10, axis=1)[:, :10]
+        both_sims = np.hstack([sims, np.take_along_axis(block, top, axis=1)])
+        both_ids = np.hstack([truth, top + begin])
+        keep = np.argsort(-both_sims, axis=1, kind="stable")[:, :10]
+        sims, truth = np.take_along_axis(both_sims, keep, axis=1), np.take_along_axis(both_ids, keep, axis=1)
+    k10 = np.vstack([search.index.query(q, 10)[0] for q in queries])
+    k64 = np.vstack([search.index.query(q, search.candidates_per_sentence)[0][:, :10] for q in queries])
+    return {"queries": n_queries, "recall_at_10_k10": recall_at(k10, truth, exact, queries),
+            "recall_at_10_of_k64": recall_at(k64, truth, exact, queries)}
+
+
 # --- driver ------------------------------------------------------------------------------------------
 def _child(args: list[str]) -> dict:
     """Run this script in a fresh process and return the JSON it writes."""
@@ -336,6 +368,11 @@ def targets_of(data: dict) -> list[dict]:
                   note="the sum of the workers' PSS (shared pages counted once), measured while all are alive "
                        "after their queries; the mapped float16 vectors are one copy in the page cache")]
           if "workers" in data else []),
+        *([target(f"recall@10 against exact float32 search, {serve_['sentences']:,} sentences",
+                  data["recall"]["recall_at_10_k10"], TARGET_RECALL, "", higher_is_better=True,
+                  note=f"{data['recall']['queries']} held-out queries, index.query(k=10); the top 10 of the "
+                       f"k=64 serving asks for: {data['recall']['recall_at_10_of_k64']:.4f}")]
+          if "recall_at_10_k10" in data.get("recall", {}) else []),
         target(f"p99 latency serving {serve_['sentences']:,} sentences", p99, TARGET_P99_MS, "ms",
                note=f"ProductSearch.search_vectors, query vectors precomputed, p50 {serve_['search_vectors_ms']['p50']:.2f} ms;"
                     f" the encoder adds p50 {encoder['p50']:.1f} / p99 {encoder['p99']:.1f} ms per one-sentence query"),
@@ -357,13 +394,19 @@ def main(argv=None) -> dict:
                         help="serving processes at once, each loading the model (as an endpoint's workers)")
     parser.add_argument("--together", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
-    parser.add_argument("--child", choices=("build", "serve"), help=argparse.SUPPRESS)
+    parser.add_argument("--recall", action="store_true",
+                        help="also measure recall@10 against exact float32 search (a separate process; "
+                             "regenerates the float32 vectors: ~1.6 GB at 1M)")
+    parser.add_argument("--child", choices=("build", "serve", "recall"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     model_dir = args.model_dir or args.work_dir / f"scale-{args.sentences}-{args.index_kind}" / "model"
     if args.child == "build":
         args.child_out.write_text(json.dumps(build(model_dir, args.sentences, args.texts, args.index_kind, args.encoder)))
+        return {}
+    if args.child == "recall":
+        args.child_out.write_text(json.dumps(recall(model_dir)))
         return {}
     if args.child == "serve":
         args.child_out.write_text(json.dumps(serve(model_dir, args.queries, args.n_items, seed=7,
@@ -398,6 +441,8 @@ def main(argv=None) -> dict:
             "rss_bytes_each": [w["memory"]["after_encoder"]["vm_rss_bytes"] for w in workers],
             "peak_rss_bytes_each": [w["memory"]["after_encoder"]["vm_hwm_bytes"] for w in workers],
             "search_vectors_ms_each": [w["search_vectors_ms"] for w in workers]}
+    if args.recall:
+        data["recall"] = _child(serve_args + ["--child", "recall"])
     print("\n".join(report(data)))
     targets = targets_of(data)
     write_report("scale", data, targets, args.out)
