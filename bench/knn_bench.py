@@ -1,7 +1,8 @@
 """kNN benchmark (issue "Performance", item 3): pynndescent graph vs exact numpy vs hnswlib.
 
 Run:  .venv/bin/python bench/knn_bench.py --model-dir /path/to/model_dir
-      (sizes: --sizes 50000 200000 by default; --model-dir adds the model's real sentence vectors)
+      (sizes: --sizes 50000 200000 by default; --model-dir adds the model's real sentence vectors;
+      --vector-dtype float16 builds and walks the graph on float16 rows, as model dirs serve them)
 
 For each data set it builds, in the same process: knn.index.GraphIndex (pynndescent, exactly as the
 product builds and queries it), knn.index.ExactIndex (one matrix product) and hnswlib (M=16,
@@ -139,16 +140,18 @@ def _dir_bytes(directory: Path) -> int:
 
 
 def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, k: int = 10, epsilons=GRAPH_EPSILONS,
-                  efs=HNSW_EFS, hnsw: bool = True, warmup: int = 20) -> dict:
+                  efs=HNSW_EFS, hnsw: bool = True, warmup: int = 20, vector_dtype: str = "float32") -> dict:
+    """`vector_dtype`: the rows the graph is built on and walks (float16: as model dirs serve them);
+    exact search, the ground truth and hnswlib stay float32."""
     from tqdm import tqdm
 
-    from knn.index import ExactIndex, GraphIndex
+    from knn.index import ExactIndex, GraphIndex, compact_vectors
 
     vectors = np.ascontiguousarray(vectors, np.float32)
     queries = np.ascontiguousarray(queries, np.float32)
     n = len(vectors)
     result: dict = {"dataset": name, "n": n, "dimensions": int(vectors.shape[1]), "queries": len(queries), "k": k,
-                    "methods": {}}
+                    "graph_vector_dtype": vector_dtype, "methods": {}}
     exact = ExactIndex(vectors)
     truth = exact.query(queries, k)[0]
     steps = tqdm(total=1 + len(epsilons) + (len(efs) if hnsw else 0) + 2, desc=name, unit="run")
@@ -162,17 +165,18 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, k: int = 
     steps.update()
 
     # pynndescent graph, as the product builds and queries it
+    served = compact_vectors(vectors, vector_dtype)
     start = time.perf_counter()
-    graph = GraphIndex.build(vectors)
+    graph = GraphIndex.build(served)
     build_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         graph.save(Path(tmp))
         disk = _dir_bytes(Path(tmp))
-        reloaded = GraphIndex.load(Path(tmp), vectors)
+        reloaded = GraphIndex.load(Path(tmp), served)
     nnd = reloaded._nnd
     graph_memory = int(nnd._search_graph.indices.nbytes + nnd._search_graph.indptr.nbytes
                        + sum(np.asarray(a).nbytes for tree in nnd._search_forest for a in tree[:4]))
-    copies_vectors = not np.shares_memory(nnd._raw_data, vectors)
+    copies_vectors = not np.shares_memory(nnd._raw_data, served)
     default_epsilon = reloaded.epsilon
     curve = []
     for epsilon in sorted(set(epsilons) | {default_epsilon}):
@@ -185,7 +189,8 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, k: int = 
     reloaded.epsilon = default_epsilon
     # the product asks for CANDIDATES_PER_SENTENCE (64) neighbours per query sentence
     _, ms64 = time_single(lambda q: reloaded.query(q, 64)[0][0], queries, 64)
-    raw_ids, raw_ms = time_single(lambda q: nnd.query(q, k=k, epsilon=default_epsilon)[0][0], queries, k)
+    raw_ids, raw_ms = time_single(lambda q: nnd.query(q, k=k, epsilon=default_epsilon, return_distances=False)[0],
+                                  queries, k)
     steps.update()
     result["methods"]["graph"] = {
         "build_s": build_s, "disk_bytes": disk,
@@ -300,6 +305,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-hnswlib", action="store_true")
     parser.add_argument("--epsilons", type=float, nargs="*", default=list(GRAPH_EPSILONS))
     parser.add_argument("--efs", type=int, nargs="*", default=list(HNSW_EFS))
+    parser.add_argument("--vector-dtype", default="float32", choices=("float32", "float16"),
+                        help="rows the graph is built on and walks (float16: as model dirs store and serve them)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "knn.json")
     args = parser.parse_args(argv)
 
@@ -307,9 +314,9 @@ def main(argv=None) -> dict:
 
     ensure_numba_cache_dir()
     results = []
-    options = dict(epsilons=args.epsilons, efs=args.efs, hnsw=not args.no_hnswlib)
+    options = dict(epsilons=args.epsilons, efs=args.efs, hnsw=not args.no_hnswlib, vector_dtype=args.vector_dtype)
     if args.model_dir is not None:
-        vectors = np.load(args.model_dir / "vectors.npy", allow_pickle=False)
+        vectors = np.load(args.model_dir / "vectors.npy", allow_pickle=False).astype(np.float32)
         held = np.random.default_rng(0).permutation(len(vectors))
         n_queries = min(args.queries, len(vectors) // 5)
         results.append(bench_dataset(f"real:{args.model_dir.name}", vectors[np.sort(held[n_queries:])],

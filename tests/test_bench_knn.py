@@ -73,6 +73,17 @@ def test_knn_bench_tiny_run_writes_sane_json(knn_bench, tmp_path):
     assert all(isinstance(t["pass"], bool) or t["pass"] is None for t in data["targets"])
 
 
+def test_knn_bench_walks_float16_rows_when_asked(knn_bench, tmp_path):
+    out = tmp_path / "knn.json"
+    knn_bench.main(["--sizes", "2000", "--queries", "100", "--epsilons", "0.5", "--efs", "100",
+                    "--vector-dtype", "float16", "--out", str(out)])
+    (result,) = json.loads(out.read_text())["results"]["datasets"]
+    assert result["graph_vector_dtype"] == "float16"
+    graph = result["methods"]["graph"]
+    assert graph["copies_vectors"] is False and graph["curve"][0]["recall"] >= 0.95
+    assert graph["memory_bytes"] < 2000 * 384 * 2  # the graph and tree, not a float32 copy of the rows
+
+
 def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
     scale_bench = _module("scale_bench")
     out = tmp_path / "scale.json"
@@ -92,13 +103,17 @@ def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
     assert 0.05 < data["targets"][0]["measured"] < 20 and data["targets"][1]["measured"] > 0
     # a second run reuses the cached model dir, and serves it from two processes at once too
     scale_bench.main(["--sentences", "1500", "--texts", "synthetic", "--index-kind", "exact", "--queries", "100",
-                      "--work-dir", str(tmp_path / "work"), "--out", str(out), "--workers", "2"])
+                      "--work-dir", str(tmp_path / "work"), "--out", str(out), "--workers", "2", "--recall"])
     again = json.loads(out.read_text())
     assert again["results"]["build_cached"] is True
+    recall = again["results"]["recall"]  # exact search over float16 rows against exact float32
+    assert recall["queries"] == 200 and 0.95 <= recall["recall_at_10_k10"] <= 1.0
+    assert 0.95 <= recall["recall_at_10_of_k64"] <= 1.0
     workers = again["results"]["workers"]
     assert workers["count"] == 2 and len(workers["pss_bytes_each"]) == 2
     assert all(50 * 1024 ** 2 < pss <= rss for pss, rss in zip(workers["pss_bytes_each"], workers["rss_bytes_each"]))
-    assert [t["unit"] for t in again["targets"]] == ["GB", "GB", "ms"]
+    assert [t["unit"] for t in again["targets"]] == ["GB", "GB", "", "ms"]
+    assert again["targets"][2]["measured"] == pytest.approx(recall["recall_at_10_k10"], abs=1e-4)
     assert again["targets"][1]["measured"] == pytest.approx(sum(workers["pss_bytes_each"]) / 1e9, abs=1e-3)
 
     # the size plot: two sizes, a projection to 10M
