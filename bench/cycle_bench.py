@@ -3,7 +3,8 @@
     .venv/bin/python bench/cycle_bench.py [--runs 3]
 
 Runs `local-runs cycle` (sim backend, fixtures/reviews.csv) --runs times in fresh processes, each with
-its own state dir, after one unmeasured run that warms the machine's caches (numba, the ONNX export).
+its own state dir, after one unmeasured run that warms the machine's caches (numba, the ONNX export;
+--warm-ups N for more or none).
 Reads the phase timings the command prints (`cycle: upload 0.0 s, fit ...; total ... s`) and reports
 the median of each. Target: total <= 20 s with warm caches. For reference, the SDK's Docker local
 mode alone polls >= 30 s during deploy.
@@ -52,10 +53,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reviews", help="default: the command's own (fixtures/reviews.csv)")
+    parser.add_argument("--warm-ups", type=int, default=1,
+                        help="unmeasured runs first, which warm the machine's caches (default 1)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
 
-    one_cycle(args.reviews)  # warm-up, not counted
+    for _ in range(args.warm_ups):  # not counted
+        one_cycle(args.reviews)
     runs = []
     for number in range(args.runs):
         runs.append(one_cycle(args.reviews))
