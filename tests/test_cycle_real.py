@@ -198,9 +198,9 @@ def test_cli_step_by_step_across_processes(tmp_path):
 
 def test_toys_10k_subset_cycle(tmp_path_factory):
     path = require_toys_10k()
-    # the first 1,500 real reviews: real text through the whole sim cycle (the toys-10k model itself is tested on knn)
-    reviews = pd.read_csv(path, dtype=str, keep_default_na=False).head(1500)
-    subset = tmp_path_factory.mktemp("toys") / "toys-1500.csv"
+    # the first 600 real reviews: real text through the whole sim cycle (the toys-10k model itself is tested on knn)
+    reviews = pd.read_csv(path, dtype=str, keep_default_na=False).head(600)
+    subset = tmp_path_factory.mktemp("toys") / "toys-600.csv"
     reviews.to_csv(subset, index=False)
     settings = load_settings(cli={"backend": "sim", "state_dir": str(tmp_path_factory.mktemp("state"))}, environ={})
     from knn.sentences import split_sentences
