@@ -243,14 +243,4 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
                             f"but encoder/ is {encoder.precision}; rebuild the model")
     log.info("model loaded from %s: %s", directory, manifest["counts"])
     corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"])
-    search = ProductSearch(encoder, index, corpus, headline_index=headline_index)
-    _release_arrow_memory()
-    return search
-
-
-def _release_arrow_memory() -> None:
-    """Hand back to the system what Arrow's allocator kept after reading the tables: its pool (mimalloc)
-    holds freed blocks for reuse, about 1.5 x the tables' own size (0.16 GiB at 1M sentences)."""
-    import pyarrow
-
-    pyarrow.default_memory_pool().release_unused()
+    return ProductSearch(encoder, index, corpus, headline_index=headline_index)
