@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from http import HTTPStatus
 
@@ -150,12 +151,22 @@ def _not_utf8_message(exc: UnicodeDecodeError) -> str:
 _json_error_bodies()
 
 
+# Answered once in model_fn: the first query of a process imports nltk (Punkt, the Porter stemmer: ~2 s)
+# and loads or compiles the graph search; that belongs before the endpoint is InService, not in a
+# shopper's first request. Two sentences, so that Punkt runs too.
+WARM_UP_QUERY = "My kids loved it. Good for long car rides."
+
+
 def model_fn(model_dir: str):
     from knn.model_dir import load_model_dir
 
     logging.basicConfig(level=logging.INFO)
     threads = int(os.environ.get("SEARCH_THREADS", "1"))
-    return load_model_dir(model_dir, threads=threads)
+    search = load_model_dir(model_dir, threads=threads)
+    started = time.perf_counter()
+    search.search(WARM_UP_QUERY, n_items=1)
+    log.info("warm-up query answered in %.1f s (first-query costs paid before serving)", time.perf_counter() - started)
+    return search
 
 
 def _media_type(header: str | None) -> str:
