@@ -207,8 +207,9 @@ _SESSION_CLASS = None
 def session_class():
     """`sagemaker.Session` without the real service's waiting: nothing runs, so nothing to wait for.
 
-    Only two methods differ: `wait_for_endpoint` polls at once instead of sleeping 30 s first, and
-    `logs_for_job` reads the job's status once instead of sleeping and tailing CloudWatch.
+    `wait_for_endpoint` polls at once instead of sleeping 30 s first; `logs_for_job`,
+    `logs_for_processing_job` and `logs_for_transform_job` (and the two waits that call them) read the
+    job's status once instead of sleeping (10 s before the first look) and tailing CloudWatch.
     """
     global _SESSION_CLASS
     if _SESSION_CLASS is None:
@@ -235,6 +236,15 @@ def session_class():
             def wait_for_processing_job(self, job, poll=5):
                 return self.logs_for_processing_job(job, wait=True)
 
+            def logs_for_transform_job(self, job_name, wait=False, poll=10):
+                description = self.sagemaker_client.describe_transform_job(TransformJobName=job_name)
+                if wait:
+                    _check_job_status(job_name, description, "TransformJobStatus")
+                return description
+
+            def wait_for_transform_job(self, job, poll=5):
+                return self.logs_for_transform_job(job, wait=True)
+
         _SESSION_CLASS = DryRunSession
     return _SESSION_CLASS
 
@@ -244,8 +254,9 @@ def open_session(settings, role: str, bucket: str, out=None):
     from sagemaker.config import load_sagemaker_config
 
     from local_runs import s3_server
-    from local_runs.sdk_config import with_telemetry_opt_out
+    from local_runs.sdk_config import memoize_config_validation, with_telemetry_opt_out
 
+    memoize_config_validation()  # the SDK re-validates its config on every lookup: ~8 s of a dry-run transform
     out = out or (lambda text: print(text, flush=True))
     out(banner(settings, role, bucket))
     s3 = s3_server.LocalS3(bucket=bucket, region=settings.region, set_environ=False).start()
