@@ -320,9 +320,16 @@ def test_dry_run_never_loads_the_users_credentials(monkeypatch, offline):
 
 
 # --- batch transform ---------------------------------------------------------------------------------
-def test_dry_run_transform_sends_create_model_and_create_transform_job(no_aws_credentials, offline):
+def test_dry_run_transform_sends_create_model_and_create_transform_job(no_aws_credentials, offline, monkeypatch):
     printed = []
+    import sagemaker.session
+
     from local_runs.backends import dry_run
+
+    def no_polling(*args, **kwargs):
+        raise AssertionError("the dry run polled a job (the SDK sleeps 10 s before its first look)")
+
+    monkeypatch.setattr(sagemaker.session, "_wait_until", no_polling)
 
     model_data = f"s3://{BUCKET}/review-search-2026-11-30-12-00-00-000/output/model.tar.gz"
     input_uri = f"s3://{BUCKET}/review-search/transform/run/input/queries"
