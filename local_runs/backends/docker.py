@@ -1,7 +1,8 @@
 """The `docker` backend: the SageMaker SDK's own local mode (`LocalSession`, `instance_type='local'`).
 
 Nothing of the SDK is replaced: it writes its docker-compose files and runs the AWS PyTorch
-containers itself. This module only supplies what those containers need beside the SDK, checks
+containers itself (its Compose version check is swapped, see `accept_compose_v2_and_later`, and its config
+validation is memoized as in sim: `local_runs.sdk_config.memoize_config_validation`). This module only supplies what those containers need beside the SDK, checks
 it before anything starts, and says what is missing:
 
 * a Docker engine and Docker Compose v2 or later (the SDK runs every job as `docker compose up`;
@@ -255,11 +256,12 @@ def open_session(settings: Settings, state_dir: Path, bucket: str, check: bool =
     from sagemaker.config import load_sagemaker_config
     from sagemaker.local import LocalSession
 
-    from local_runs.sdk_config import with_telemetry_opt_out
+    from local_runs.sdk_config import memoize_config_validation, with_telemetry_opt_out
 
     check_instance_type(settings)
     images = preflight(settings) if check else image_uris(settings)
     accept_compose_v2_and_later()
+    memoize_config_validation()  # same verdicts; the SDK re-validated its config on every lookup (~8 s a cycle)
     boto = boto_session(settings.region, settings.docker_s3_url)
     sdk_config = load_sagemaker_config(s3_resource=boto.resource("s3"))
     session = LocalSession(boto_session=boto, s3_endpoint_url=settings.docker_s3_url, default_bucket=bucket,
