@@ -1,9 +1,10 @@
 """The `docker` backend: the SageMaker SDK's own local mode (`LocalSession`, `instance_type='local'`).
 
 Nothing of the SDK is replaced: it writes its docker-compose files and runs the AWS PyTorch
-containers itself (its Compose version check is swapped, see `accept_compose_v2_and_later`, and its config
-validation is memoized as in sim: `local_runs.sdk_config.memoize_config_validation`). This module only supplies what those containers need beside the SDK, checks
-it before anything starts, and says what is missing:
+containers itself (its Compose version check is swapped, see `accept_compose_v2_and_later`, and
+its config validation is memoized as in sim: `local_runs.sdk_config.memoize_config_validation`).
+This module only supplies what those containers need beside the SDK, checks it before anything
+starts, and says what is missing:
 
 * a Docker engine and Docker Compose v2 or later (the SDK runs every job as `docker compose up`;
   SDK 2.257.x accepts only a `docker compose version` that contains "v2", so Compose v5 would make
