@@ -137,21 +137,21 @@ class LexicalIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         spans = [slice(weights.indptr[c], weights.indptr[c + 1]) for c in columns]
         postings = sum(span.stop - span.start for span in spans)
-        if len(columns) == 1 or postings * _DENSE_BELOW <= self.n_documents:
-            rows = np.concatenate([weights.indices[span] for span in spans])
-            values = np.concatenate([weights.data[span] for span in spans]).astype(np.float32, copy=False)
-            if len(columns) == 1:
-                return rows.astype(np.int64, copy=False), values
-            unique, inverse = np.unique(rows, return_inverse=True)
-            return unique.astype(np.int64, copy=False), np.bincount(inverse, weights=values).astype(np.float32)
-        # Many postings (common words in a big catalogue): add them into one dense array, column by
-        # column (a column lists each document once), instead of sorting them all. The sums are the
-        # same as above, to the bit: float64, each document's terms added in column order.
-        sums = np.zeros(self.n_documents, dtype=np.float64)
-        for span in spans:
-            sums[weights.indices[span]] += weights.data[span]
-        unique = np.flatnonzero(sums)  # BM25 weights are > 0
-        return unique, sums[unique].astype(np.float32)
+        if len(columns) > 1 and postings * _DENSE_BELOW > self.n_documents:
+            # Many postings (common words in a big catalogue): add them into one dense array, column by
+            # column (a column lists each document once), instead of sorting them all. The sums are the
+            # same as below, to the bit: float64, each document's terms added in column order.
+            sums = np.zeros(self.n_documents, dtype=np.float64)
+            for span in spans:
+                sums[weights.indices[span]] += weights.data[span]
+            unique = np.flatnonzero(sums)  # BM25 weights are > 0
+            return unique, sums[unique].astype(np.float32)
+        rows = np.concatenate([weights.indices[span] for span in spans])
+        values = np.concatenate([weights.data[span] for span in spans]).astype(np.float32, copy=False)
+        if len(columns) == 1:
+            return rows.astype(np.int64, copy=False), values
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return unique.astype(np.int64, copy=False), np.bincount(inverse, weights=values).astype(np.float32)
 
     def full_match(self, query: str | Sequence[str]) -> float:
         """BM25 of an average-length document holding every query term once: the sum of their idf.
