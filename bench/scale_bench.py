@@ -282,6 +282,7 @@ def recall(model_dir: Path, n_queries: int = 200) -> dict:
     over the vectors the build drew (the same stream, regenerated here; the model dir keeps float16 only).
     Held-out queries, as `serve` uses. A returned id counts when it is as similar as the 10th true
     neighbour (knn_bench.recall_at). Both k=10 and the top 10 of the k=64 that serving asks for."""
+    from knn.index import ExactIndex
     from knn.model_dir import load_model_dir
     from knn_bench import recall_at
 
@@ -291,15 +292,7 @@ def recall(model_dir: Path, n_queries: int = 200) -> dict:
     if not np.allclose(exact[:1000].astype(np.float16), search.corpus.vectors[:1000], atol=1e-3):
         return {"skipped": "the model's vectors are not scale_bench's synthetic stream (another --model-dir?)"}
     queries = clustered_unit_vectors(n_queries, seed=1, skip=n)
-    sims = np.full((n_queries, 10), -np.inf, np.float32)
-    truth = np.zeros((n_queries, 10), np.int64)
-    for begin in range(0, n, 100_000):  # exact float32 top 10, a block of rows at a time
-        block = queries @ exact[begin:begin + 100_000].T
-        top = np.argpartition(-block, 10, axis=1)[:, :10]
-        both_sims = np.hstack([sims, np.take_along_axis(block, top, axis=1)])
-        both_ids = np.hstack([truth, top + begin])
-        keep = np.argsort(-both_sims, axis=1, kind="stable")[:, :10]
-        sims, truth = np.take_along_axis(both_sims, keep, axis=1), np.take_along_axis(both_ids, keep, axis=1)
+    truth = ExactIndex(exact).query(queries, 10)[0]  # float32, as knn_bench's ground truth
     k10 = np.vstack([search.index.query(q, 10)[0] for q in queries])
     k64 = np.vstack([search.index.query(q, search.candidates_per_sentence)[0][:, :10] for q in queries])
     return {"queries": n_queries, "recall_at_10_k10": recall_at(k10, truth, exact, queries),
