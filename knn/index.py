@@ -39,6 +39,7 @@ from typing import Protocol
 
 import numpy as np
 
+from knn.cached_nn_descent import route_cosine_builds
 from knn.errors import IndexFileError
 from knn.float16_graph import WIDEN, Float16Graph, float16_kernels
 from knn.numba_cache import ensure_numba_cache_dir
@@ -172,6 +173,7 @@ class GraphIndex:
         ensure_numba_cache_dir()
         from pynndescent import NNDescent
 
+        route_cosine_builds()  # pynndescent's build compiled once per machine, not once per process
         served = _servable(vectors)
         data = np.ascontiguousarray(served, dtype=np.float32)  # float16 rows: a float32 copy for the build only
         nnd = NNDescent(
@@ -437,7 +439,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", **graph_options) -> Vec
     if chosen == "exact":
         return ExactIndex(vectors)
     log.info("building a pynndescent graph over %d vectors: the longest step of a fit (measured on 2 cores: "
-             "~30 s at 27k vectors, ~6.5 min at 1M; a machine's first build also compiles numba code, ~20 s)",
+             "~30 s at 27k vectors, ~6.5 min at 1M; a machine's first build also compiles numba code, ~50 s)",
              len(vectors))
     return GraphIndex.build(vectors, **graph_options)
 

@@ -198,3 +198,40 @@ def test_serving_a_float16_graph_never_imports_pynndescent(graph_and_vectors, tm
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[1] == "False"
     assert out[0] == str(expected.tolist())
+
+
+_BUILD_IN_A_FRESH_PROCESS = (
+    "import numpy as np; from knn.index import GraphIndex; from knn.cached_nn_descent import cache_counts; "
+    "rng = np.random.default_rng(5); v = rng.standard_normal((600, 24)).astype(np.float32); "
+    "v /= np.linalg.norm(v, axis=1, keepdims=True); g = GraphIndex.build(v, n_neighbors=10); "
+    "print(cache_counts()); print(g.query(v[:4], 5)[0].tolist())")
+
+
+def test_graph_build_compiles_once_per_machine_not_per_process():
+    """pynndescent's nn_descent is not disk-cached by pynndescent (~50 s of numba compile in every
+    process that builds a graph); knn.cached_nn_descent compiles it once and later processes read it."""
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _BUILD_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                           check=True).stdout.split("\n") for _ in range(2)]
+    assert runs[1][0] == "(1, 0)", runs[1][0]  # read from numba's cache, nothing compiled
+    assert runs[0][1] == runs[1][1]
+
+
+@pytest.mark.integration
+def test_cached_graph_build_equals_pynndescents_own():
+    """The cached compile builds pynndescent's graph to the bit (pynndescent's own path compiles ~50 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, pynndescent.pynndescent_ as p; from pynndescent import NNDescent; "
+        "from knn.cached_nn_descent import route_cosine_builds, cache_counts; assert route_cosine_builds(); "
+        "rng = np.random.default_rng(7); v = rng.standard_normal((6000, 48)).astype(np.float32); "
+        "build = lambda: NNDescent(v, metric='cosine', n_neighbors=20, random_state=42, compressed=True)._neighbor_graph; "
+        "routed = build(); hits, compiles = cache_counts(); assert hits + compiles == 1, (hits, compiles); "
+        "import knn.cached_nn_descent as c; p.nn_descent = c._state['original']; own = build(); "
+        "print(np.array_equal(routed[0], own[0]), np.array_equal(routed[1], own[1]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"], out
