@@ -13,7 +13,7 @@ from knn.index import build_index
 from knn.lexical import LexicalIndex, kept_headline, passage_documents, review_documents
 from knn.model_dir import save_model_dir
 from knn.reviews import read_reviews
-from knn.search import Corpus
+from knn.search import CANDIDATES_PER_SENTENCE, Corpus
 from knn.sentences import split_many, split_sentences
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
              len(corpus.sentences) / max(timings["split_embed_s"], 1e-9))
 
     mark = time.perf_counter()
-    options = {} if n_neighbors is None else {"n_neighbors": n_neighbors}
-    index = build_index(corpus.vectors, index_kind, **options)
-    headline_index = build_index(corpus.headline_vectors, index_kind, **options)
+    index, headline_index = build_passage_indexes(corpus, index_kind, n_neighbors)
     timings["index_s"] = time.perf_counter() - mark
     log.info("%s index over %d sentences and %s index over %d headlines built in %.1f s", index.kind,
              len(corpus.vectors), headline_index.kind, len(corpus.headline_vectors), timings["index_s"])
@@ -74,4 +72,22 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     save_model_dir(model_dir, corpus, index, encoder_path, headline_index=headline_index)
     timings["total_s"] = time.perf_counter() - start
     return {"reviews": len(catalog), "sentences": len(corpus.sentences), "headlines": len(corpus.headlines),
-            "index_kind": index.kind, "precision": encoder.precision, **timings}
+            "index_kind": index.kind, "precision": encoder.precision, **timings, **graph_epsilons(index, headline_index)}
+
+
+def build_passage_indexes(corpus: Corpus, index_kind: str, n_neighbors: int | None = None):
+    """The sentence index and the headline index of a corpus. Each graph's search epsilon is calibrated
+    with the other kind of passage as held-out queries (same catalogue, not in that index), asking for
+    what serving asks (CANDIDATES_PER_SENTENCE)."""
+    options = {} if n_neighbors is None else {"n_neighbors": n_neighbors}
+    index = build_index(corpus.vectors, index_kind, calibration_queries=corpus.headline_vectors,
+                        calibration_k=CANDIDATES_PER_SENTENCE, **options)
+    headline_index = build_index(corpus.headline_vectors, index_kind, calibration_queries=corpus.vectors,
+                                 calibration_k=CANDIDATES_PER_SENTENCE, **options)
+    return index, headline_index
+
+
+def graph_epsilons(index, headline_index) -> dict:
+    """The calibrated search epsilons of graph indexes, for a fit's figures."""
+    return {f"{name}_epsilon": graph.epsilon for name, graph in (("sentence", index), ("headline", headline_index))
+            if getattr(graph, "calibration", None)}

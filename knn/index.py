@@ -6,6 +6,11 @@ Both answer `query(queries, k) -> (ids, similarities)`, best first, with k clamp
 similarities re-scored exactly (pynndescent caps cosine distances at 1.0, so its distances are never
 used as scores).
 
+How far a graph walk looks (pynndescent's epsilon) is calibrated per catalogue when the graph is
+built (`GraphIndex.calibrate`, called by `build_index` with held-out queries: a fit uses the headlines
+for the sentence graph and the sentences for the headline graph): the least of CALIBRATION_EPSILONS,
+from GRAPH_EPSILON up, whose recall@10 against exact search reaches 0.99. It is saved with the graph.
+
 A graph is saved without pickle: pynndescent's own state (its `__getstate__`) is written as plain
 arrays (`.npz`, allow_pickle off) plus JSON scalars, and the data rows are not stored twice, on disk or
 in memory: pynndescent keeps its own copy of the data, re-ordered by its search tree, so the graph is
@@ -48,7 +53,10 @@ log = logging.getLogger(__name__)
 
 GRAPH_MIN_VECTORS = 5000
 GRAPH_NEIGHBORS = 80  # measured: bench/knn_bench.py (recall@10 >= 0.99 at the default epsilon, 200k vectors)
-GRAPH_EPSILON = 0.3
+GRAPH_EPSILON = 0.3  # the least a graph searches with: calibration (GraphIndex.calibrate) only raises it
+CALIBRATION_EPSILONS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)  # tried in order; the first to reach the target stays
+CALIBRATION_QUERIES = 200
+CALIBRATION_TARGET = 0.99  # recall@10 against exact search over the served rows
 INDEX_KINDS = ("auto", "graph", "exact")
 _STATE_FILE = "graph_state.json"
 _ARRAYS_FILE = "graph_arrays.npz"
@@ -166,6 +174,7 @@ class GraphIndex:
         self.vectors = vectors
         self._nnd = nnd
         self.epsilon = epsilon
+        self.calibration: dict | None = None  # what `calibrate` tried, when it ran
 
     @classmethod
     def build(cls, vectors: np.ndarray, n_neighbors: int = GRAPH_NEIGHBORS, random_state: int = 42,
@@ -222,6 +231,43 @@ class GraphIndex:
             sims = np.einsum("qd,qkd->qk", queries, self.vectors[ids])
         order = np.lexsort((ids, -sims), axis=1)
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sims, order, axis=1)
+
+    def calibrate(self, queries: np.ndarray, k: int = 10, target: float = CALIBRATION_TARGET,
+                  epsilons: tuple[float, ...] = CALIBRATION_EPSILONS) -> dict:
+        """Set the search's epsilon to the first of `epsilons` whose recall@10 reaches `target` on up to
+        CALIBRATION_QUERIES of `queries` (unit rows that are not in the index, e.g. the headlines for the
+        sentence graph), each asked for its top `k` as serving asks (the top 10 of them count), against
+        exact search over the same rows. An id counts when it is as similar as the 10th true neighbour
+        (ties with repeated sentences are not misses). Keeps the last epsilon tried when none reaches it.
+
+        Why: how far the walk must look depends on the catalogue. On 1M synthetic clustered vectors,
+        epsilon 0.3 found the top 10 of k=64 for 0.985 of the neighbours and 0.4 for 0.995 (bench/README);
+        at 100k, 0.3 already gave 0.9995. Returns what was tried, for the fit's log and figures."""
+        queries = np.asarray(queries, dtype=np.float32)
+        if len(queries) == 0 or len(self.vectors) <= 10 or k * 4 >= len(self.vectors):
+            self.calibration = {"epsilon": self.epsilon, "queries": 0, "tried": {}}
+            return self.calibration
+        if len(queries) > CALIBRATION_QUERIES:
+            rows = np.random.default_rng(0).choice(len(queries), CALIBRATION_QUERIES, replace=False)
+            queries = queries[np.sort(rows)]
+        exact = ExactIndex(self.vectors)  # 16 queries at a time: (16, n) similarities, not (200, n)
+        tenth = np.concatenate([exact.query(queries[i:i + 16], 10)[1][:, -1] for i in range(0, len(queries), 16)])
+        tried: dict[str, float] = {}
+        for epsilon in epsilons:
+            self.epsilon = epsilon
+            found = 0
+            for query, bound in zip(queries, tenth):
+                sims = self.query(query[None], k)[1][0, :10]
+                found += int(np.count_nonzero(sims >= bound - 1e-5))
+            recall = found / (10 * len(queries))
+            tried[f"{epsilon:g}"] = round(recall, 4)
+            if recall >= target:
+                break
+        log.info("graph search epsilon %g: recall@10 %.4f (top 10 of k=%d, %d held-out queries; tried %s)",
+                 self.epsilon, recall, k, len(queries), tried)
+        self.calibration = {"epsilon": self.epsilon, "recall_at_10": round(recall, 4), "k": k,
+                            "queries": len(queries), "tried": tried}
+        return self.calibration
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
@@ -431,9 +477,11 @@ def choose_kind(kind: str, n_vectors: int) -> str:
     return kind
 
 
-def build_index(vectors: np.ndarray, kind: str = "auto", **graph_options) -> VectorIndex:
+def build_index(vectors: np.ndarray, kind: str = "auto", calibration_queries: np.ndarray | None = None,
+                calibration_k: int = 10, **graph_options) -> VectorIndex:
     """Build the index for unit `vectors` (one row per sentence; float16 is searched as float16, any
-    other dtype as float32)."""
+    other dtype as float32). A graph's search epsilon is calibrated on `calibration_queries` when given
+    (`GraphIndex.calibrate`, for queries asking `calibration_k`)."""
     vectors = _servable(vectors)
     chosen = choose_kind(kind, len(vectors))
     if chosen == "exact":
@@ -441,7 +489,10 @@ def build_index(vectors: np.ndarray, kind: str = "auto", **graph_options) -> Vec
     log.info("building a pynndescent graph over %d vectors: the longest step of a fit (measured on 2 cores: "
              "~30 s at 27k vectors, ~6.5 min at 1M; a machine's first build also compiles numba code, ~50 s)",
              len(vectors))
-    return GraphIndex.build(vectors, **graph_options)
+    graph = GraphIndex.build(vectors, **graph_options)
+    if calibration_queries is not None:
+        graph.calibrate(calibration_queries, calibration_k)
+    return graph
 
 
 def load_index(kind: str, directory: Path, vectors: np.ndarray) -> VectorIndex:

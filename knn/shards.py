@@ -231,7 +231,7 @@ def build_model_dir_from_shards(shards_dir: str | Path, model_dir: str | Path, e
 
     `encoder`: the encoder dir the model dir keeps for serving; default: the one the parts were
     embedded with (its precision is in every shard.json)."""
-    from knn.index import build_index
+    from knn.build import build_passage_indexes, graph_epsilons
     from knn.lexical import LexicalIndex, passage_documents, review_documents
     from knn.model_dir import save_model_dir
     from knn.search import Corpus
@@ -247,11 +247,9 @@ def build_model_dir_from_shards(shards_dir: str | Path, model_dir: str | Path, e
     passage_lexical = LexicalIndex.build(passage_documents(table, headline_table))
     corpus = Corpus(catalog, table, vectors, headline_table, headline_vectors, lexical, passage_lexical)
     mark = time.perf_counter()
-    options = {} if n_neighbors is None else {"n_neighbors": n_neighbors}
-    index = build_index(corpus.vectors, index_kind, **options)
-    headline_index = build_index(corpus.headline_vectors, index_kind, **options)
+    index, headline_index = build_passage_indexes(corpus, index_kind, n_neighbors)
     index_s = time.perf_counter() - mark
     save_model_dir(model_dir, corpus, index, encoder, headline_index=headline_index)
     return {"parts": len(shards), "reviews": len(catalog), "sentences": len(table), "headlines": len(headline_table),
             "index_kind": index.kind, "read_s": read_s, "index_s": index_s, "total_s": time.perf_counter() - start,
-            "precision": precision}
+            "precision": precision, **graph_epsilons(index, headline_index)}

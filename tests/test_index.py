@@ -235,3 +235,31 @@ def test_cached_graph_build_equals_pynndescents_own():
         "print(np.array_equal(routed[0], own[0]), np.array_equal(routed[1], own[1]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"], out
+
+
+def test_calibration_raises_epsilon_until_the_target_and_the_model_keeps_it(tmp_path):
+    vectors = unit_vectors(3000, d=32, seed=11)
+    queries = unit_vectors(200, d=32, seed=12)
+    graph = GraphIndex.build(vectors, n_neighbors=8)
+    unreachable = graph.calibrate(queries, k=10, target=1.01, epsilons=(0.0, 0.1, 0.2))
+    assert unreachable["queries"] == 200 and list(unreachable["tried"]) == ["0", "0.1", "0.2"]
+    assert graph.epsilon == 0.2  # none reached it: the last tried stays
+    # the figure is recall@10 against exact search (an id counts when as similar as the 10th true one)
+    tenth = ExactIndex(vectors).query(queries, 10)[1][:, -1]
+    found = [np.count_nonzero(graph.query(q[None], 10)[1][0] >= t - 1e-5) for q, t in zip(queries, tenth)]
+    assert unreachable["recall_at_10"] == round(sum(found) / 2000, 4) < 1.0
+    met = graph.calibrate(queries, k=10, target=0.25, epsilons=(0.05, 0.3))
+    assert list(met["tried"]) == ["0.05"] and met["recall_at_10"] >= 0.25 and graph.epsilon == 0.05
+    assert graph.calibrate(unit_vectors(500, d=32, seed=15), k=10, target=0.0)["queries"] == 200  # a sample
+    graph.epsilon = 0.45
+    graph.save(tmp_path / "index")
+    assert load_index("graph", tmp_path / "index", vectors).epsilon == 0.45
+
+
+def test_build_index_calibrates_a_graph_on_held_out_queries():
+    vectors = unit_vectors(3000, d=32, seed=13)
+    graph = build_index(vectors, "graph", calibration_queries=unit_vectors(50, d=32, seed=14), calibration_k=64,
+                        n_neighbors=8)
+    assert graph.calibration["queries"] == 50 and graph.calibration["k"] == 64
+    assert graph.calibration["recall_at_10"] >= 0.99 or graph.epsilon == 0.8
+    assert build_index(vectors, "exact", calibration_queries=vectors[:5]).kind == "exact"
