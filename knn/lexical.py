@@ -28,8 +28,9 @@ K1 = 1.2
 B = 0.75
 _FORMAT = 1
 # A query whose postings number under 1/_DENSE_BELOW of the documents is merged by sorting, more by a
-# dense sum (at 1M passages, side by side: p50 4.97 ms vs 9.83 by sorting alone).
-_DENSE_BELOW = 4
+# dense sum (at 1M passages, side by side: p50 4.97 ms vs 9.83 by sorting alone). Crossover measured at
+# 1.2M documents, 4 columns: 50k postings 3.7 ms dense vs 3.3 sorted, 100k 6.5 vs 6.9, 300k 6.1 vs 23.0.
+_DENSE_BELOW = 16
 _TOKEN = re.compile(r"[^\W_]+")
 # Headlines Amazon fills in from the star rating: they say nothing the rating does not.
 STAR_HEADLINE = re.compile(r"^\s*(one|two|three|four|five)\s+stars?\s*$", re.IGNORECASE)
@@ -144,7 +145,7 @@ class LexicalIndex:
             sums = np.zeros(self.n_documents, dtype=np.float64)
             for span in spans:
                 sums[weights.indices[span]] += weights.data[span]
-            unique = np.flatnonzero(sums)  # BM25 weights are > 0
+            unique = np.flatnonzero(sums != 0)  # BM25 weights are > 0; a bool mask: 1.8 vs 8.1 ms at 1.2M
             return unique, sums[unique].astype(np.float32)
         rows = np.concatenate([weights.indices[span] for span in spans])
         values = np.concatenate([weights.data[span] for span in spans]).astype(np.float32, copy=False)
