@@ -309,7 +309,8 @@ class ProductSearch:
             if allowed is not None:
                 usable &= allowed[np.maximum(owners, 0)]
             usable &= scores > 0
-            hit, scores, owners = hit[usable], scores[usable], owners[usable]
+            if not usable.all():  # most queries keep every hit: no copies then (~1 ms at 1M passages)
+                hit, scores, owners = hit[usable], scores[usable], owners[usable]
             if hit.size == 0:
                 continue
             if self.ranking.lexical_norm == "coverage":
