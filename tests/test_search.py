@@ -252,9 +252,9 @@ def test_lexical_hits_are_the_same_merged_densely_or_by_sorting(monkeypatch):
                  for _ in range(3000)]
     index = lexical.LexicalIndex.build(documents)
     queries = [" ".join(rng.choice(words, size=int(rng.integers(1, 7)))) for _ in range(200)]
-    monkeypatch.setattr(lexical, "_DENSE_BELOW", 10 ** 12)  # always sorted
+    monkeypatch.setattr(lexical, "_DENSE_BELOW", 1e-12)  # always sorted
     sorted_ = [index.hits(q) for q in queries]
-    monkeypatch.setattr(lexical, "_DENSE_BELOW", 1)  # dense whenever a query has >= 2 terms and many postings
+    monkeypatch.setattr(lexical, "_DENSE_BELOW", 10 ** 12)  # dense whenever a query has >= 2 terms
     dense = [index.hits(q) for q in queries]
     assert sum(len(rows) > 0 for rows, _ in dense) > 150
     for (rows_s, scores_s), (rows_d, scores_d) in zip(sorted_, dense):
