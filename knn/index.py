@@ -486,9 +486,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", calibration_queries: np
     chosen = choose_kind(kind, len(vectors))
     if chosen == "exact":
         return ExactIndex(vectors)
-    log.info("building a pynndescent graph over %d vectors: the longest step of a fit (measured on 2 cores: "
-             "~30 s at 27k vectors, ~6.5 min at 1M; a machine's first build also compiles numba code, ~50 s)",
-             len(vectors))
+    log.info("building a pynndescent graph over %d vectors (measured on 2 cores: ~13 s at 27k vectors, ~11 min "
+             "at 1M; a machine's first build also compiles numba code once, ~50 s)", len(vectors))
     graph = GraphIndex.build(vectors, **graph_options)
     if calibration_queries is not None:
         graph.calibrate(calibration_queries, calibration_k)
