@@ -227,20 +227,21 @@ def session_class():
                     _check_job_status(job_name, description, "TrainingJobStatus")
                 return description
 
-            def logs_for_processing_job(self, job_name, wait=False, poll=10):
-                description = self.sagemaker_client.describe_processing_job(ProcessingJobName=job_name)
+            def _read_once(self, job_name, wait, describe, kind):
+                """The job's description (`describe(<kind>JobName=...)`), its status checked when waiting."""
+                description = describe(**{f"{kind}JobName": job_name})
                 if wait:
-                    _check_job_status(job_name, description, "ProcessingJobStatus")
+                    _check_job_status(job_name, description, f"{kind}JobStatus")
                 return description
+
+            def logs_for_processing_job(self, job_name, wait=False, poll=10):
+                return self._read_once(job_name, wait, self.sagemaker_client.describe_processing_job, "Processing")
 
             def wait_for_processing_job(self, job, poll=5):
                 return self.logs_for_processing_job(job, wait=True)
 
             def logs_for_transform_job(self, job_name, wait=False, poll=10):
-                description = self.sagemaker_client.describe_transform_job(TransformJobName=job_name)
-                if wait:
-                    _check_job_status(job_name, description, "TransformJobStatus")
-                return description
+                return self._read_once(job_name, wait, self.sagemaker_client.describe_transform_job, "Transform")
 
             def wait_for_transform_job(self, job, poll=5):
                 return self.logs_for_transform_job(job, wait=True)
