@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,14 +48,35 @@ def require_toys_10k():
     return TOYS_10K
 
 
-@pytest.fixture(scope="session")
-def toys_model_dir(tmp_path_factory):
-    """One graph model of all of toys-10k, built once per test session (about 2 minutes)."""
+def _build_toys_model(directory: Path) -> None:
     from knn.build import build_model_dir
 
-    directory = tmp_path_factory.mktemp("toys-model")
     figures = build_model_dir(require_toys_10k(), directory, index_kind="graph", threads=2)
     assert figures["index_kind"] == "graph" and figures["sentences"] > 20_000 and figures["headlines"] > 1000
+
+
+@pytest.fixture(scope="session")
+def toys_model_dir(tmp_path_factory):
+    """One graph model of all of toys-10k, built once per test run (about 2 minutes).
+
+    Under pytest-xdist (the integration command runs two workers) the first worker to ask builds it
+    in the run's shared temporary folder while holding a file lock; the others wait for it and reuse it.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        directory = tmp_path_factory.mktemp("toys-model")
+        _build_toys_model(directory)
+        return directory
+    from filelock import FileLock
+
+    require_toys_10k()
+    shared = tmp_path_factory.getbasetemp().parent
+    directory, built = shared / "toys-model", shared / "toys-model.built"
+    with FileLock(str(shared / "toys-model.lock")):
+        if not built.is_file():  # not built yet, or a failed build left part of it
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            _build_toys_model(directory)
+            built.touch()
     return directory
 
 
@@ -67,3 +89,50 @@ def backend(tmp_path_factory):
     settings = load_settings(cli={"backend": "sim", "state_dir": str(tmp_path_factory.mktemp("state"))}, environ={})
     with open_backend(settings) as opened:
         yield opened
+
+
+# The modules whose tests take `toys_model_dir` as an argument (a unit test in test_architecture.py
+# keeps this list true). test_reliability_load.py asks for it lazily and waits on the lock if need be.
+TOYS_MODEL_MODULES = ("tests/test_evaluate.py", "tests/test_search_quality.py", "tests/test_toys_10k.py")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+# The slowest integration modules (seconds on 2 workers, 2026-12-01), started next so that the run
+# does not end on one of them alone. Only an order: a module missing here runs after them.
+SLOW_MODULES = ("tests/test_reliability_faults.py", "tests/test_cycle_real.py", "tests/test_transform_sim.py",
+                "tests/test_two_step_fit.py", "tests/test_bench_harness.py", "tests/test_reliability_endpoint.py",
+                "tests/test_sim_cycle.py", "tests/test_reliability_load.py", "tests/test_ui_browser.py")
+
+
+def _start_order(item) -> int:
+    module = _module(item.nodeid)
+    if module in TOYS_MODEL_MODULES:
+        return 0
+    return 1 + SLOW_MODULES.index(module) if module in SLOW_MODULES else 1 + len(SLOW_MODULES)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The toys-10k model's users first, then the slowest modules (see `pytest_xdist_make_scheduler`)."""
+    items.sort(key=_start_order)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """How pytest-xdist shares the tests out (`-n 2` with pyproject's `--dist loadscope
+    --no-loadscope-reorder`): a module at a time, so each module fixture (a sim backend, a deployed
+    endpoint) is set up once, and the toys-10k model's users together as one unit, first in line, so
+    that the model's ~2-minute build runs beside the other worker's tests instead of making one
+    worker wait for the other. (xdist's own `xdist_group` does not work with pytest 9: it renames a
+    node id through an attribute pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndTheToysModel(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = _module(nodeid)
+            return "toys-10k model" if module in TOYS_MODEL_MODULES else module
+
+    return ModulesAndTheToysModel(config, log)

@@ -115,3 +115,13 @@ def test_readme_layout_table_matches_the_tree():
                  if p.name != "__pycache__" and not p.name.startswith("."))
     unnamed = [name for name in top if f"local_runs/{name}" not in layout and name not in ("__init__.py", "__main__.py")]
     assert not unnamed, f"README Layout does not say what these are: {unnamed}"
+
+
+def test_conftest_groups_every_module_that_takes_the_toys_model():
+    """pytest-xdist runs TOYS_MODEL_MODULES as one unit on one worker; a module missing from it would
+    wait on the other worker's build instead of running beside it."""
+    from conftest import TOYS_MODEL_MODULES
+
+    takes = sorted(f"tests/{path.name}" for path in (ROOT / "tests").glob("test_*.py")
+                   if re.search(r"def \w+\([^)]*\btoys_model_dir\b", path.read_text()))
+    assert takes == sorted(TOYS_MODEL_MODULES)
