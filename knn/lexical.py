@@ -56,9 +56,9 @@ def _stem(word: str) -> str:
 
 @lru_cache(maxsize=1)
 def _stemmer():
-    from nltk.stem import PorterStemmer
+    from knn.nltk_parts import porter_module
 
-    return PorterStemmer()
+    return porter_module().PorterStemmer()
 
 
 def tokens(text: str) -> list[str]:

@@ -27,16 +27,18 @@ _TITLE_END = re.compile(r"(?:^|\s)(?:mr|mrs|ms|dr|prof|st|jr|sr|messrs|rev|capt|
 
 @lru_cache(maxsize=1)
 def _tokenizer():
-    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
     from punkt.data import english
 
-    params = PunktParameters()
+    from knn.nltk_parts import punkt_module
+
+    nltk_punkt = punkt_module()
+    params = nltk_punkt.PunktParameters()
     params.abbrev_types = set(english.ABBREV_TYPES)
     params.collocations = set(english.COLLOCATIONS)
     params.sent_starters = set(english.SENT_STARTERS)
     for word, flags in english.ORTHO_CONTEXT.items():
         params.ortho_context[word] = flags
-    return PunktSentenceTokenizer(params)
+    return nltk_punkt.PunktSentenceTokenizer(params)
 
 
 def clean_text(text: str) -> list[str]:

@@ -213,18 +213,21 @@ def test_vectors_not_in_the_manifest_dtype_are_refused(model_copy):
 
 
 def test_model_fn_pays_the_first_query_costs_before_serving(fixture_model_dir):
-    """model_fn answers one warm-up query, so a fresh serving process has nltk imported and its search
-    ready before the first request (checked in a fresh interpreter: nothing imported it before)."""
+    """model_fn answers one warm-up query, so a fresh serving process has nltk's Punkt tokenizer and
+    Porter stemmer loaded and its search ready before the first request (checked in a fresh
+    interpreter: nothing loaded them before)."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
     code = ("import sys; sys.path.insert(0, sys.argv[2]); import entry_point; "
-            "assert 'nltk' not in sys.modules; search = entry_point.model_fn(sys.argv[1]); "
-            "print('nltk' in sys.modules, type(search).__name__)")
+            "from knn.sentences import _tokenizer; from knn.lexical import _stemmer; "
+            "loaded = lambda: (_tokenizer.cache_info().currsize, _stemmer.cache_info().currsize); "
+            "assert loaded() == (0, 0); search = entry_point.model_fn(sys.argv[1]); "
+            "print(*loaded(), type(search).__name__)")
     done = subprocess.run([sys.executable, "-c", code, str(fixture_model_dir), str(ROOT / "entry")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["True", "ProductSearch"]
+    assert done.stdout.split() == ["1", "1", "ProductSearch"]
     assert "warm-up query answered in" in done.stderr

@@ -47,3 +47,41 @@ def test_no_download_is_needed(monkeypatch):
 
     monkeypatch.setattr(nltk, "download", refuse)
     assert split_sentences("It works. Offline.") == ["It works.", "Offline."]
+
+
+def test_punkt_and_porter_come_without_nltks_whole_package_and_split_and_stem_as_nltk_does():
+    """knn.nltk_parts: a fresh process splits and stems without running nltk/__init__ (which imports
+    scipy.stats and ~3 s of the rest of nltk), leaves no nltk module behind, and gets the same sentences
+    and stems as nltk's own package imported in full afterwards."""
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES, ROOT
+
+    code = r'''
+import sys
+import pandas as pd
+from knn.lexical import _stemmer, tokens
+from knn.sentences import _tokenizer, clean_text
+texts = pd.read_csv(sys.argv[1], dtype=str, keep_default_na=False)["review_body"].tolist()
+paragraphs = [p for text in texts for p in clean_text(text)]
+light_split = [_tokenizer().tokenize(p) for p in paragraphs]
+words = sorted({w for p in paragraphs for w in p.lower().split()} | {"running", "generously", "hopping"})
+light_stems = [_stemmer().stem(w) for w in words]
+tokens("warm up")
+left = sorted(m for m in sys.modules if m == "nltk" or m.startswith("nltk."))
+assert not left, left
+assert "scipy.stats" not in sys.modules
+import nltk
+from nltk.stem import PorterStemmer
+from nltk.tokenize.punkt import PunktSentenceTokenizer
+assert hasattr(nltk, "download") and type(_stemmer()) is not PorterStemmer  # the whole real package now
+full = PunktSentenceTokenizer(_tokenizer()._params)
+assert [full.tokenize(p) for p in paragraphs] == light_split
+assert [PorterStemmer().stem(w) for w in words] == light_stems
+print(len(paragraphs), "paragraphs", len(words), "words")
+'''
+    done = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "reviews.csv")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "paragraphs" in done.stdout
