@@ -151,7 +151,7 @@ def _not_utf8_message(exc: UnicodeDecodeError) -> str:
 _json_error_bodies()
 
 
-# Answered once in model_fn: the first query of a process imports nltk (Punkt, the Porter stemmer: ~2 s)
+# Answered once in model_fn: the first query of a process loads Punkt and the Porter stemmer (knn.nltk_parts)
 # and loads or compiles the graph search; that belongs before the endpoint is InService, not in a
 # shopper's first request. Two sentences, so that Punkt runs too.
 WARM_UP_QUERY = "My kids loved it. Good for long car rides."
