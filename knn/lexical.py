@@ -139,12 +139,12 @@ class LexicalIndex:
         spans = [slice(weights.indptr[c], weights.indptr[c + 1]) for c in columns]
         postings = sum(span.stop - span.start for span in spans)
         if len(columns) > 1 and postings * _DENSE_BELOW > self.n_documents:
-            # Many postings (common words in a big catalogue): add them into one dense array, column by
-            # column (a column lists each document once), instead of sorting them all. The sums are the
-            # same as below, to the bit: float64, each document's terms added in column order.
-            sums = np.zeros(self.n_documents, dtype=np.float64)
-            for span in spans:
-                sums[weights.indices[span]] += weights.data[span]
+            # Many postings (common words in a big catalogue): add them into one dense array (bincount),
+            # column after column (a column lists each document once), instead of sorting them all. The
+            # sums are the same as below, to the bit: float64, each document's terms added in column order.
+            sums = np.bincount(np.concatenate([weights.indices[span] for span in spans]),
+                               weights=np.concatenate([weights.data[span] for span in spans]),
+                               minlength=self.n_documents)
             unique = np.flatnonzero(sums != 0)  # BM25 weights are > 0; a bool mask: 1.8 vs 8.1 ms at 1.2M
             return unique, sums[unique].astype(np.float32)
         rows = np.concatenate([weights.indices[span] for span in spans])

@@ -205,7 +205,10 @@ class ProductSearch:
             if n_headlines:
                 head_rows = corpus.headlines["review_row"].to_numpy(np.int64)
                 rows.append(head_rows if len(self._sources) > 1 else np.full(n_headlines, -1, np.int64))
-            self._review_of_passage = np.concatenate(rows)
+            self._review_of_passage = np.concatenate(rows).astype(np.int32)
+            # ... and straight to products (-1: none), so that BM25's hits need one gather, not two.
+            self._product_of_passage = np.where(self._review_of_passage >= 0,
+                                                self._product_of_review[self._review_of_passage], -1).astype(np.int32)
 
     def with_ranking(self, ranking: Ranking | None = None, index: VectorIndex | None = None,
                      headline_index: VectorIndex | None = None) -> "ProductSearch":
@@ -299,25 +302,24 @@ class ProductSearch:
         a product takes the best over its reviews and passages."""
         by_product = np.zeros(self.n_products, np.float32)
         candidates = []
-        levels = [(self.lexical, self._review_rows)]
+        levels = [(self.lexical, self._review_rows, self._product_of_review)]
         if self.passage_lexical is not None:
-            levels.append((self.passage_lexical, self._review_of_passage))
-        for index, review_of_document in levels:
+            levels.append((self.passage_lexical, self._review_of_passage, self._product_of_passage))
+        for index, review_of_document, product_of_document in levels:
             hit, scores = index.hits(query_text)
-            owners = review_of_document[hit]
-            usable = owners >= 0
+            products = product_of_document[hit]
+            usable = products >= 0
             if allowed is not None:
-                usable &= allowed[np.maximum(owners, 0)]
+                usable &= allowed[np.maximum(review_of_document[hit], 0)]
             usable &= scores > 0
             if not usable.all():  # most queries keep every hit: no copies then (~1 ms at 1M passages)
-                hit, scores, owners = hit[usable], scores[usable], owners[usable]
+                hit, scores, products = hit[usable], scores[usable], products[usable]
             if hit.size == 0:
                 continue
             if self.ranking.lexical_norm == "coverage":
                 normalised = np.minimum(scores / index.full_match(query_text), 1.0)
             else:
                 normalised = scores / float(scores.max())
-            products = self._product_of_review[owners]
             np.maximum.at(by_product, products, normalised.astype(np.float32))
             candidates.append(products[_best_first(scores, self.candidates_per_sentence)])
         return by_product, (np.concatenate(candidates) if candidates else np.zeros(0, np.int64))
