@@ -60,6 +60,17 @@ class Float16Graph:
             from pynndescent.search import stack_search_forest
 
             self._tree = (*stack_search_forest(forest, len(vectors)), len(forest))
+        hyperplanes, offsets, children, tree_indices, n_trees = self._tree
+        self._node_rows, planes = internal_planes(hyperplanes, children)
+        self._tree = (planes, offsets, children, tree_indices, n_trees)
+        self._plane_shapes = None
+        if planes is not hyperplanes and forest and state.get("tree_init", True):
+            # The trees are kept with their internal nodes' hyperplanes only; __getstate__ puts the
+            # leaves' rows of zeros back for saving.
+            self._plane_shapes = [np.asarray(tree[0]).shape for tree in forest]
+            self._search_forest = tuple((planes[number, :int((self._node_rows[number] >= 0).sum())], *tree[1:])
+                                        for number, tree in enumerate(forest))
+            state["_search_forest"] = None
         self._leaf_budget = int(state.get("search_tree_leaf_budget", 1) or 1)
         self._n_neighbors = int(state["n_neighbors"])
         self._min_distance = np.float32(state["_min_distance"])
@@ -76,17 +87,53 @@ class Float16Graph:
             norms = np.linalg.norm(queries, axis=1, keepdims=True)
             queries = queries / np.where(norms > 0, norms, 1.0).astype(np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int32)
-        hyperplanes, offsets, children, tree_indices, n_trees = self._tree
+        planes, offsets, children, tree_indices, n_trees = self._tree
         self._search(self._bits, queries * WIDEN, queries, np.int64(k), np.float32(epsilon), self._visited,
-                     self._seed_keys, self._seed_ids, self._rng_state.copy(), self._indptr, self._indices, hyperplanes, offsets, children,
-                     tree_indices, np.int64(n_trees), np.int64(self._leaf_budget), np.int64(self._n_neighbors),
+                     self._seed_keys, self._seed_ids, self._rng_state.copy(), self._indptr, self._indices, planes,
+                     self._node_rows, offsets, children, tree_indices, np.int64(n_trees), np.int64(self._leaf_budget), np.int64(self._n_neighbors),
                      self._min_distance, ids)
         if return_distances:
             raise ValueError("the float16 graph gives ids only (GraphIndex re-scores them)")
         return ids
 
     def __getstate__(self) -> dict:
-        return dict(self._state)
+        state = dict(self._state)
+        if self._plane_shapes is not None:
+            state["_search_forest"] = tuple(
+                (full_planes(tree[0], self._node_rows[number, :shape[0]], shape), *tree[1:])
+                for number, (tree, shape) in enumerate(zip(self._search_forest, self._plane_shapes)))
+        return state
+
+
+def internal_planes(hyperplanes: np.ndarray, children: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A search forest's hyperplanes (trees x nodes x dimensions) without the leaves' rows: each row
+    of a leaf is all zeros (pynndescent fills only the split nodes'), and about half the nodes are
+    leaves (150 MB of float32 zeros in a 1M-sentence tree). Returns (row of each node in the compact
+    array, -1 for a leaf; the compact array). When a leaf row is not zero (not pynndescent's layout),
+    nothing is dropped: every node keeps its own row."""
+    internal = children[:, :, 0] > 0
+    n_trees, n_nodes, dimensions = hyperplanes.shape
+    for tree in range(n_trees):
+        leaves = np.flatnonzero(~internal[tree])
+        for begin in range(0, len(leaves), 4096):  # a block of rows at a time, no copy of all of them
+            if np.any(hyperplanes[tree, leaves[begin:begin + 4096]]):
+                return np.tile(np.arange(n_nodes, dtype=np.int32), (n_trees, 1)), hyperplanes
+    counts = internal.sum(axis=1)
+    planes = np.zeros((n_trees, max(int(counts.max()), 1), dimensions), dtype=np.float32)
+    rows = np.full((n_trees, n_nodes), -1, dtype=np.int32)
+    for tree in range(n_trees):
+        nodes = np.flatnonzero(internal[tree])
+        rows[tree, nodes] = np.arange(len(nodes), dtype=np.int32)
+        planes[tree, :len(nodes)] = hyperplanes[tree, nodes]
+    return rows, planes
+
+
+def full_planes(planes: np.ndarray, rows: np.ndarray, shape: tuple) -> np.ndarray:
+    """One tree's hyperplanes as pynndescent keeps them (`internal_planes` undone)."""
+    full = np.zeros(shape, dtype=np.float32)
+    nodes = np.flatnonzero(rows >= 0)
+    full[nodes] = planes[rows[nodes]]
+    return full
 
 
 WIDEN = np.float32(2.0 ** 112)  # float16 bits << 13 read as float32 are the value x 2**-112
@@ -237,7 +284,8 @@ def _select_side(hyperplane, offset, point, rng_state):
     return 1
 
 
-def _tree_spill_leaves(point, rng_state, leaves, tree_hyperplanes, tree_offsets, tree_children, leaf_budget):
+def _tree_spill_leaves(point, rng_state, leaves, tree_hyperplanes, tree_node_rows, tree_offsets, tree_children,
+                       leaf_budget):
     """pynndescent.search._tree_spill_leaves: best-first descent of the first tree, up to leaf_budget leaves."""
     max_tree_nodes = tree_children.shape[1]
     frontier_priorities = np.empty(max_tree_nodes, dtype=np.float32)
@@ -262,8 +310,9 @@ def _tree_spill_leaves(point, rng_state, leaves, tree_hyperplanes, tree_offsets,
             leaf_count += 1
             continue
         margin = tree_offsets[0, node]
+        plane = tree_node_rows[0, node]
         for dimension in range(point.shape[0]):
-            margin += tree_hyperplanes[0, node, dimension] * point[dimension]
+            margin += tree_hyperplanes[0, plane, dimension] * point[dimension]
         if abs(margin) < 1.0e-8:
             primary_side = np.abs(_rand_int(rng_state)) % 2
         elif margin > 0.0:
@@ -349,7 +398,8 @@ def _seed_pop(keys, ids, size):
 
 
 def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, seed_keys, seed_ids, rng_state, indptr, indices,
-              hyperplanes, offsets, children, tree_indices, n_trees, leaf_budget, n_neighbors, min_distance, out):
+              hyperplanes, node_rows, offsets, children, tree_indices, n_trees, leaf_budget, n_neighbors, min_distance,
+              out):
     """pynndescent.search._search_one for each query over float16 rows; fills `out` with the k ids found
     (heap order, -1 where fewer)."""
     priorities = np.empty(k, dtype=np.float32)
@@ -368,7 +418,8 @@ def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, seed_keys, seed_
             for tree in range(n_trees):
                 node = 0
                 while children[tree, node, 0] > 0:
-                    if _select_side(hyperplanes[tree, node], offsets[tree, node], tree_query, rng_state) == 0:
+                    if _select_side(hyperplanes[tree, node_rows[tree, node]], offsets[tree, node], tree_query,
+                                    rng_state) == 0:
                         node = children[tree, node, 0]
                     else:
                         node = children[tree, node, 1]
@@ -381,7 +432,8 @@ def _f16_walk(bits, queries, tree_queries, k, epsilon, visited, seed_keys, seed_
                         n_initial += 1
         else:
             leaves = np.empty((leaf_budget, 2), dtype=np.int32)
-            n_leaves = _tree_spill_leaves(tree_query, rng_state, leaves, hyperplanes, offsets, children, leaf_budget)
+            n_leaves = _tree_spill_leaves(tree_query, rng_state, leaves, hyperplanes, node_rows, offsets, children,
+                                          leaf_budget)
             for leaf in range(n_leaves):
                 for j in range(leaves[leaf, 0], leaves[leaf, 1]):
                     candidate = tree_indices[0, j]

@@ -162,6 +162,32 @@ def test_graph_over_float16_recall_and_scores(graph_and_vectors, tmp_path):
     assert (scaled_ids == loaded.query(queries[:5], 10)[0]).all()
 
 
+def test_float16_graph_holds_only_the_split_nodes_hyperplanes_and_saves_them_whole(graph_and_vectors, tmp_path):
+    """A leaf's hyperplane row is all zeros in pynndescent's trees: the float16 walk keeps the split
+    nodes' rows only, finds what a walk over every row finds, and saves the trees back as they were."""
+    from knn.index import compact_vectors
+
+    graph, vectors = graph_and_vectors
+    graph.save(tmp_path / "saved")
+    with np.load(tmp_path / "saved" / "graph_arrays.npz") as npz:
+        saved = {name: npz[name] for name in npz.files}
+    full = saved["forest.0.hyperplanes"]
+    loaded = load_index("graph", tmp_path / "saved", compact_vectors(vectors))
+    walk = loaded._nnd
+    planes = walk._tree[0]
+    split_nodes = int((saved["forest.0.children"][:, 0] > 0).sum())
+    assert planes.shape == (1, split_nodes, full.shape[1]) and split_nodes < 0.6 * len(full)
+    queries = vectors[:200] + 0.05
+    ids = loaded.query(queries, 10)[0]
+    walk._tree, walk._node_rows = (full[None], *walk._tree[1:]), np.arange(len(full), dtype=np.int32)[None]
+    assert (loaded.query(queries, 10)[0] == ids).all()
+    load_index("graph", tmp_path / "saved", compact_vectors(vectors)).save(tmp_path / "again")
+    with np.load(tmp_path / "again" / "graph_arrays.npz") as npz:
+        for name in saved:
+            if name.startswith("forest."):
+                assert np.array_equal(npz[name], saved[name]), name
+
+
 def test_graph_built_over_float16_saves_and_loads_either_way(tmp_path):
     from knn.index import compact_vectors
 
