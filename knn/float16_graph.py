@@ -65,7 +65,7 @@ class Float16Graph:
         self._tree = (planes, offsets, children, tree_indices, n_trees)
         self._plane_shapes = None
         if planes is not hyperplanes and forest and state.get("tree_init", True):
-            # The trees are kept with their internal nodes' hyperplanes only; __getstate__ puts the
+            # The trees are held with their split nodes' hyperplanes only; __getstate__ puts the
             # leaves' rows of zeros back for saving.
             self._plane_shapes = [np.asarray(tree[0]).shape for tree in forest]
             self._search_forest = tuple((planes[number, :int((self._node_rows[number] >= 0).sum())], *tree[1:])
@@ -90,8 +90,8 @@ class Float16Graph:
         planes, offsets, children, tree_indices, n_trees = self._tree
         self._search(self._bits, queries * WIDEN, queries, np.int64(k), np.float32(epsilon), self._visited,
                      self._seed_keys, self._seed_ids, self._rng_state.copy(), self._indptr, self._indices, planes,
-                     self._node_rows, offsets, children, tree_indices, np.int64(n_trees), np.int64(self._leaf_budget), np.int64(self._n_neighbors),
-                     self._min_distance, ids)
+                     self._node_rows, offsets, children, tree_indices, np.int64(n_trees),
+                     np.int64(self._leaf_budget), np.int64(self._n_neighbors), self._min_distance, ids)
         if return_distances:
             raise ValueError("the float16 graph gives ids only (GraphIndex re-scores them)")
         return ids
