@@ -174,10 +174,11 @@ def float16_kernels():
     _f16_alternative = inline(_f16_alternative)
     _f16_distance = inline(_f16_distance)
     _f16_four_distances = inline(_f16_four_distances)
-    _f16_walk = numba.njit(fastmath=True, cache=True, locals={
+    # nogil: ProductSearch walks the graphs on a second thread while BM25 runs (knn.search).
+    _f16_walk = numba.njit(fastmath=True, cache=True, nogil=True, locals={
         "candidate": numba.int32, "vertex": numba.int32, "d": numba.float32, "d_vertex": numba.float32,
         "distance_bound": numba.float32, "node": numba.uint32})(_f16_walk)
-    _f16_dots = numba.njit(fastmath=True, cache=True, boundscheck=False)(_f16_dots)
+    _f16_dots = numba.njit(fastmath=True, cache=True, nogil=True, boundscheck=False)(_f16_dots)
     _FLOAT16_KERNELS = (_f16_walk, _f16_dots)
     return _FLOAT16_KERNELS
 

@@ -46,6 +46,10 @@ CANDIDATES_PER_SENTENCE = 64
 # Rows per block where all passage vectors are read once (pair and review norms): a block's float32
 # temporaries are ~3 x 16k x 384 x 4 bytes = 75 MB (100k-row blocks made a 0.45 GiB peak at the first query).
 _BLOCK_ROWS = 16_384
+# From this many passages on, a query's graph walks run on a second thread while BM25 runs on the
+# calling one (the float16 walk and its re-scoring release the GIL); below it the hand-over costs
+# more than the overlap gains.
+OVERLAP_FROM_PASSAGES = 100_000
 RESULT_FIELDS = (
     "review_id", "product_id", "product_title", "star_rating", "review_headline", "review_body",
     "product_search_score", "matched_sentence", "matched_field",
@@ -189,6 +193,8 @@ class ProductSearch:
                                            corpus.headlines["review_row"].to_numpy(), self._product_of_review,
                                            n_products, headline_index, ranking))
         self._eligible_all = np.unique(np.concatenate([source.product for source in self._sources]))
+        self._overlap = sum(len(source) for source in self._sources) >= OVERLAP_FROM_PASSAGES
+        self._walker_pool = None
         self._columns = {name: catalog.columns.get_loc(name) for name in RESULT_FIELDS if name in catalog.columns}
         self.lexical = corpus.lexical if ranking.lexical_weight > 0 else None
         if self.lexical is not None and self.lexical.n_documents != len(catalog):
@@ -209,6 +215,14 @@ class ProductSearch:
             # ... and straight to products (-1: none), so that BM25's hits need one gather, not two.
             self._product_of_passage = np.where(self._review_of_passage >= 0,
                                                 self._product_of_review[self._review_of_passage], -1).astype(np.int32)
+
+    def _walker(self):
+        """The one thread that walks the graphs beside BM25 (made at the first query that needs it)."""
+        if self._walker_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._walker_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-walk")
+        return self._walker_pool
 
     def with_ranking(self, ranking: Ranking | None = None, index: VectorIndex | None = None,
                      headline_index: VectorIndex | None = None) -> "ProductSearch":
@@ -251,10 +265,22 @@ class ProductSearch:
         query_vectors = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
         wanted = offset + n_items
         allowed = None if not min_star_rating or min_star_rating <= 1 else self._ratings >= min_star_rating
-        candidates = [self._nearest_products(source, query_vectors, wanted, allowed) for source in self._sources]
+        def walks() -> list[np.ndarray]:
+            return [self._nearest_products(source, query_vectors, wanted, allowed) for source in self._sources]
+
         lexical_by_product = None
-        if self.lexical is not None:
+        if self.lexical is None:
+            candidates = walks()
+        elif not self._overlap:
+            candidates = walks()
             lexical_by_product, lexical_candidates = self._lexical(query_text, allowed)
+            candidates.append(lexical_candidates)
+        else:
+            walking = self._walker().submit(walks)
+            try:
+                lexical_by_product, lexical_candidates = self._lexical(query_text, allowed)
+            finally:
+                candidates = walking.result()  # waited for even when BM25 fails: the walks share scratch arrays
             candidates.append(lexical_candidates)
         candidates = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
         eligible = self._eligible_products(allowed)

@@ -280,3 +280,30 @@ def test_passage_norms_and_negation_are_the_same_in_small_blocks(fixture_model_d
     vectors = whole.corpus.vectors.astype(np.float32)
     expected = np.linalg.norm(vectors[:-1] + vectors[1:], axis=1)
     np.testing.assert_allclose(blocked._pair_norms()[:-1], np.where(expected > 0, expected, 1.0), rtol=1e-6)
+
+
+def test_big_catalogues_walk_the_graphs_beside_bm25_with_the_same_answers(fixture_search, monkeypatch):
+    """From OVERLAP_FROM_PASSAGES passages on, the graph walks run on a second thread while BM25 runs:
+    the answers are those of one thread, with and without a star-rating filter."""
+    import threading
+
+    from knn import search as search_module
+
+    one_thread = fixture_search.with_ranking()
+    monkeypatch.setattr(search_module, "OVERLAP_FROM_PASSAGES", 0)
+    overlapped = fixture_search.with_ranking()
+    assert overlapped._overlap and not one_thread._overlap
+    walked_on = set()
+    nearest = search_module.ProductSearch._nearest_products
+
+    def recording(self, *args, **kwargs):
+        walked_on.add(threading.current_thread().name)
+        return nearest(self, *args, **kwargs)
+
+    monkeypatch.setattr(search_module.ProductSearch, "_nearest_products", recording)
+    for item in QUERIES:
+        for rating in (None, 4):
+            assert overlapped.search(item["query"], n_items=5, min_star_rating=rating) == \
+                one_thread.search(item["query"], n_items=5, min_star_rating=rating)
+    assert threading.current_thread().name in walked_on
+    assert any(name.startswith("graph-walk") for name in walked_on)
