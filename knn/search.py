@@ -265,6 +265,7 @@ class ProductSearch:
         query_vectors = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
         wanted = offset + n_items
         allowed = None if not min_star_rating or min_star_rating <= 1 else self._ratings >= min_star_rating
+
         def walks() -> list[np.ndarray]:
             return [self._nearest_products(source, query_vectors, wanted, allowed) for source in self._sources]
 
