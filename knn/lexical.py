@@ -137,18 +137,16 @@ class LexicalIndex:
         if not columns:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         spans = [slice(weights.indptr[c], weights.indptr[c + 1]) for c in columns]
-        postings = sum(span.stop - span.start for span in spans)
-        if len(columns) > 1 and postings * _DENSE_BELOW > self.n_documents:
-            # Many postings (common words in a big catalogue): add them into one dense array (bincount),
-            # column after column (a column lists each document once), instead of sorting them all. The
+        rows = np.concatenate([weights.indices[span] for span in spans])  # the postings, column after column
+        values = np.concatenate([weights.data[span] for span in spans])
+        if len(columns) > 1 and len(rows) * _DENSE_BELOW > self.n_documents:
+            # Many postings (common words in a big catalogue): add them into one dense array (bincount)
+            # in column order (a column lists each document once) instead of sorting them all. The
             # sums are the same as below, to the bit: float64, each document's terms added in column order.
-            sums = np.bincount(np.concatenate([weights.indices[span] for span in spans]),
-                               weights=np.concatenate([weights.data[span] for span in spans]),
-                               minlength=self.n_documents)
+            sums = np.bincount(rows, weights=values, minlength=self.n_documents)
             unique = np.flatnonzero(sums != 0)  # BM25 weights are > 0; a bool mask: 1.8 vs 8.1 ms at 1.2M
             return unique, sums[unique].astype(np.float32)
-        rows = np.concatenate([weights.indices[span] for span in spans])
-        values = np.concatenate([weights.data[span] for span in spans]).astype(np.float32, copy=False)
+        values = values.astype(np.float32, copy=False)
         if len(columns) == 1:
             return rows.astype(np.int64, copy=False), values
         unique, inverse = np.unique(rows, return_inverse=True)
