@@ -63,11 +63,10 @@ class Float16Graph:
         hyperplanes, offsets, children, tree_indices, n_trees = self._tree
         self._node_rows, planes = internal_planes(hyperplanes, children)
         self._tree = (planes, offsets, children, tree_indices, n_trees)
-        self._plane_shapes = None
-        if planes is not hyperplanes and forest and state.get("tree_init", True):
+        self._compact_forest = planes is not hyperplanes and bool(forest) and state.get("tree_init", True)
+        if self._compact_forest:
             # The trees are held with their split nodes' hyperplanes only; __getstate__ puts the
             # leaves' rows of zeros back for saving.
-            self._plane_shapes = [np.asarray(tree[0]).shape for tree in forest]
             self._search_forest = tuple((planes[number, :int((self._node_rows[number] >= 0).sum())], *tree[1:])
                                         for number, tree in enumerate(forest))
             state["_search_forest"] = None
@@ -98,10 +97,9 @@ class Float16Graph:
 
     def __getstate__(self) -> dict:
         state = dict(self._state)
-        if self._plane_shapes is not None:
-            state["_search_forest"] = tuple(
-                (full_planes(tree[0], self._node_rows[number, :shape[0]], shape), *tree[1:])
-                for number, (tree, shape) in enumerate(zip(self._search_forest, self._plane_shapes)))
+        if self._compact_forest:  # a tree's nodes: its offsets, one per node
+            state["_search_forest"] = tuple((full_planes(tree[0], self._node_rows[number, :len(tree[1])]), *tree[1:])
+                                            for number, tree in enumerate(self._search_forest))
         return state
 
 
@@ -128,9 +126,9 @@ def internal_planes(hyperplanes: np.ndarray, children: np.ndarray) -> tuple[np.n
     return rows, planes
 
 
-def full_planes(planes: np.ndarray, rows: np.ndarray, shape: tuple) -> np.ndarray:
-    """One tree's hyperplanes as pynndescent keeps them (`internal_planes` undone)."""
-    full = np.zeros(shape, dtype=np.float32)
+def full_planes(planes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """One tree's hyperplanes as pynndescent keeps them (`internal_planes` undone): a row per node."""
+    full = np.zeros((len(rows), planes.shape[-1]), dtype=np.float32)
     nodes = np.flatnonzero(rows >= 0)
     full[nodes] = planes[rows[nodes]]
     return full
