@@ -239,6 +239,43 @@ def test_sdk_config_is_validated_once_and_invalid_configs_still_fail(monkeypatch
     assert len(calls) == 3  # a failing config is checked every time
 
 
+def test_sdk_repack_in_sim_stores_the_model_uncompressed_with_the_same_members(tmp_path, monkeypatch):
+    """The deploy's repack (`sagemaker.utils.repack_model`, unchanged) writes a gzip at level 0 once sim
+    patched the SDK's tarfile: the model's bytes and the entry point, readable by any gzip reader."""
+    import tarfile
+    from types import SimpleNamespace
+
+    import sagemaker.utils
+
+    from local_runs import sdk_config
+
+    monkeypatch.setattr(sagemaker.utils, "tarfile", tarfile)  # undone after the test
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "zeros.bin").write_bytes(bytes(2_000_000))  # level 9 would make this a few kB
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as archive:
+        archive.add(model / "zeros.bin", arcname="zeros.bin")
+    (tmp_path / "entry.py").write_text("def model_fn(model_dir):\n    return model_dir\n")
+
+    def repack(name):
+        sagemaker.utils.repack_model(inference_script=str(tmp_path / "entry.py"), source_directory=None,
+                                     dependencies=[], model_uri=f"file://{tmp_path / 'model.tar.gz'}",
+                                     repacked_model_uri=f"file://{tmp_path / name}",
+                                     sagemaker_session=SimpleNamespace(settings=None))
+        with tarfile.open(tmp_path / name) as archive:
+            members = {m.name: (m.size, archive.extractfile(m).read() if m.isfile() else None)
+                       for m in archive.getmembers()}
+        return (tmp_path / name).stat().st_size, members
+
+    size_9, members_9 = repack("level-9.tar.gz")
+    sdk_config.store_sdk_archives_uncompressed()
+    sdk_config.store_sdk_archives_uncompressed()  # idempotent
+    size_0, members_0 = repack("level-0.tar.gz")
+    assert members_0 == members_9 and "code/entry.py" in members_0 and members_0["zeros.bin"][0] == 2_000_000
+    assert size_9 < 100_000 < 2_000_000 < size_0
+    assert sagemaker.utils.tarfile.TarFile is tarfile.TarFile  # the rest of the module as it is
+
+
 def test_artifacts_pack_every_host_into_one_readable_gzip(tmp_path):
     import gzip
     import tarfile

@@ -46,7 +46,7 @@ from local_runs.sim.entities import SimEndpoint, SimTrainingJob  # noqa: E402
 from local_runs.netguard import install_request_guard, require_local_environment, require_loopback_url  # noqa: E402
 from local_runs.sim.runtime import SimRuntimeClient  # noqa: E402
 from local_runs.sdk_config import (  # noqa: E402
-    memoize_config_validation, quiet_sdk_environment, with_telemetry_opt_out)
+    memoize_config_validation, quiet_sdk_environment, store_sdk_archives_uncompressed, with_telemetry_opt_out)
 
 ENDPOINT_POLL_SECONDS = 0.05
 
@@ -242,6 +242,7 @@ class SimSession(LocalSession):
         self._runtime_endpoint_url = runtime_endpoint_url
         quiet_sdk_environment(self.state_dir)
         memoize_config_validation()
+        store_sdk_archives_uncompressed()  # the deploy's repack: ~8 s at the SDK's level 9
         boto_session = boto_session or s3_server.boto_session(region, s3_url=s3_endpoint_url)
         install_request_guard(boto_session)
         if sagemaker_config is None:
