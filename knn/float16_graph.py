@@ -15,6 +15,8 @@ bytes); hardware float16 conversion through an LLVM intrinsic (same speed measur
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from knn.numba_cache import ensure_numba_cache_dir
@@ -139,6 +141,8 @@ _KEEP = np.int32(-0x70000001)  # 0x8FFFFFFF: the sign bit and the 15 bits of exp
 _SHIFT = np.int32(13)
 _FAR = np.float32(np.finfo(np.float32).max)
 _FLOAT16_KERNELS = None
+_KERNELS_LOCK = threading.Lock()
+_BACKGROUND = None  # compile_in_background's thread, once started
 
 
 def _float16_search():
@@ -152,11 +156,19 @@ def float16_kernels():
     The functions below are plain module-level Python until this jits them in place (numba must not
     be imported before knn.numba_cache has set its cache directory): as module globals, not closures,
     numba can cache them on disk (a closure recompiled in every process, ~15 s)."""
-    global _FLOAT16_KERNELS, _f16_alternative, _f16_distance, _f16_four_distances, _f16_walk, _f16_dots
-    global _select_side, _tree_spill_leaves, _check_and_mark_visited, _bits_as_float32, _heap_push, _rand_int
-    global _seed_push, _seed_pop
+    global _FLOAT16_KERNELS
     if _FLOAT16_KERNELS is not None:
         return _FLOAT16_KERNELS
+    with _KERNELS_LOCK:  # a first use on the main thread while compile_in_background's thread wraps them
+        if _FLOAT16_KERNELS is None:
+            _FLOAT16_KERNELS = _jit_kernels()
+    return _FLOAT16_KERNELS
+
+
+def _jit_kernels():
+    global _f16_alternative, _f16_distance, _f16_four_distances, _f16_walk, _f16_dots
+    global _select_side, _tree_spill_leaves, _check_and_mark_visited, _bits_as_float32, _heap_push, _rand_int
+    global _seed_push, _seed_pop
     ensure_numba_cache_dir()
     import numba
 
@@ -177,8 +189,38 @@ def float16_kernels():
         "candidate": numba.int32, "vertex": numba.int32, "d": numba.float32, "d_vertex": numba.float32,
         "distance_bound": numba.float32, "node": numba.uint32})(_f16_walk)
     _f16_dots = numba.njit(fastmath=True, cache=True, nogil=True, boundscheck=False)(_f16_dots)
-    _FLOAT16_KERNELS = (_f16_walk, _f16_dots)
-    return _FLOAT16_KERNELS
+    return _f16_walk, _f16_dots
+
+
+def compile_in_background() -> None:
+    """Compile (or read from numba's cache) the walk and dot-product kernels for a read-only model's
+    float16 rows on a thread of their own, once per process, while the caller loads the model.
+
+    On an empty numba cache (a fresh machine) the walk's compile is most of the time to a first
+    answer (~7 s on 2 cores), and it needs nothing from the model: the kernels are typed by the
+    arguments' dtypes and layouts only, so tiny arrays of the same types compile the very functions
+    the first query calls (numba's dispatcher makes a query that comes first wait for them, no second
+    compile). A model's vectors are mapped read-only (knn.model_dir), so the rows are typed read-only."""
+    global _BACKGROUND
+    with _KERNELS_LOCK:
+        if _BACKGROUND is not None:
+            return
+        _BACKGROUND = threading.Thread(target=_compile_for_read_only_rows, name="float16-kernels", daemon=True)
+    _BACKGROUND.start()
+
+
+def _compile_for_read_only_rows() -> None:
+    walk, dots = float16_kernels()
+    bits = np.zeros((1, 1), np.int16)
+    bits.flags.writeable = False
+    one = np.zeros((1, 1), np.float32)
+    i32 = np.zeros(1, np.int32)
+    walk(bits, one, one.copy(), np.int64(1), np.float32(0.0), np.zeros(1, np.uint8), np.zeros(2, np.float32),
+         np.zeros(2, np.int32), np.zeros(3, np.int64), i32, i32.copy(), np.zeros((1, 1, 1), np.float32),
+         np.zeros((1, 1), np.int32), np.zeros((1, 1), np.float32), np.full((1, 1, 2), -1, np.int32),
+         np.zeros((1, 1), np.int32), np.int64(0), np.int64(1), np.int64(0), np.float32(0.0),
+         np.full((1, 1), -1, np.int32))
+    dots(bits, np.zeros(1, np.int64), one, np.zeros((1, 1), np.float32))
 
 
 def _f16_dots(bits, rows, queries, out):

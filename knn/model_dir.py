@@ -193,9 +193,26 @@ def _load_vectors(path: Path, vector_dtype: str) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def _compile_graph_walk_meanwhile(directory: Path) -> None:
+    """A model searched by float16 graph walks: their numba kernels compile (or load from numba's cache)
+    on a thread of their own while this process checks and loads the files (knn.float16_graph).
+    Anything wrong with the manifest is left for verify_model_dir to report."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        graph = "graph" in (manifest.get("index_kind"), manifest.get("headline_index_kind"))
+        float16 = manifest_vector_dtype(manifest) == "float16"
+    except (OSError, ValueError, AttributeError):
+        return
+    if graph and float16:
+        from knn.float16_graph import compile_in_background
+
+        compile_in_background()
+
+
 def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     """Verify, then load a model dir into a ready ProductSearch."""
     directory = Path(directory)
+    _compile_graph_walk_meanwhile(directory)
     manifest = verify_model_dir(directory)
     vector_dtype = manifest_vector_dtype(manifest)
     try:

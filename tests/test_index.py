@@ -226,6 +226,30 @@ def test_serving_a_float16_graph_never_imports_pynndescent(graph_and_vectors, tm
     assert out[0] == str(expected.tolist())
 
 
+def test_kernels_compiled_in_background_are_the_ones_a_served_query_calls(graph_and_vectors, tmp_path):
+    """compile_in_background types its kernels as a model dir's read-only float16 rows: the query that
+    follows calls the very functions compiled, nothing is compiled twice, and the answer is the same."""
+    import subprocess
+    import sys
+
+    from knn.index import compact_vectors
+
+    graph, vectors = graph_and_vectors
+    graph.save(tmp_path / "index")
+    np.save(tmp_path / "vectors.npy", compact_vectors(vectors))
+    expected = load_index("graph", tmp_path / "index", compact_vectors(vectors)).query(vectors[:3], 5)[0]
+    code = ("import numpy as np; from pathlib import Path; import knn.float16_graph as f; from knn.index import "
+            "load_index, similarities; f.compile_in_background(); f.compile_in_background(); "
+            f"d = Path({str(tmp_path)!r}); v = np.asarray(np.load(d / 'vectors.npy', mmap_mode='r')); "
+            "ids, _ = load_index('graph', d / 'index', v).query(v[:3].astype(np.float32), 5); "
+            "similarities(v[:1].astype(np.float32), v, np.arange(len(v))); f._BACKGROUND.join(); "
+            "walk, dots = f.float16_kernels(); print(ids.tolist()); "
+            "print(len(walk.signatures), len(dots.signatures), f._BACKGROUND.name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == str(expected.tolist())
+    assert out[1] == "1 1 float16-kernels"
+
+
 _BUILD_IN_A_FRESH_PROCESS = (
     "import numpy as np; from knn.index import GraphIndex; from knn.cached_nn_descent import cache_counts; "
     "rng = np.random.default_rng(5); v = rng.standard_normal((600, 24)).astype(np.float32); "

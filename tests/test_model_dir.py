@@ -231,3 +231,24 @@ def test_model_fn_pays_the_first_query_costs_before_serving(fixture_model_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["1", "1", "ProductSearch"]
     assert "warm-up query answered in" in done.stderr
+
+
+@pytest.mark.parametrize("index_kind, vector_dtype, started", [
+    ("graph", "float16", True), ("exact", "float16", False), ("graph", "float32", False)])
+def test_loading_a_float16_graph_model_compiles_its_walk_meanwhile(model_copy, monkeypatch, index_kind, vector_dtype,
+                                                                   started):
+    """Only a model searched by float16 graph walks starts their compile (a process serving a small
+    exact model never imports numba); a broken manifest is left for the check to report."""
+    import knn.float16_graph
+    from knn import model_dir
+
+    calls = []
+    monkeypatch.setattr(knn.float16_graph, "compile_in_background", lambda: calls.append(1))
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest.update(index_kind=index_kind, vector_dtype=vector_dtype)
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    model_dir._compile_graph_walk_meanwhile(model_copy)
+    assert calls == ([1] if started else [])
+    (model_copy / "manifest.json").write_text("{not json")
+    model_dir._compile_graph_walk_meanwhile(model_copy)
+    assert calls == ([1] if started else [])
