@@ -99,8 +99,9 @@ def store_sdk_archives_uncompressed() -> None:
     for 124 -> 108 MB; level 0 stores them as they are, as sim's own packing of the training job's
     artifacts does (``local_runs/sim/artifacts.py``). Only the module global ``tarfile`` of
     ``sagemaker.utils`` is replaced (by a copy of the module whose ``open`` passes the level for gzip
-    writes), so nothing outside the SDK's utilities changes. Not used by the docker backend (the SDK's
-    own local mode, as it ships) nor for real SageMaker."""
+    writes), so nothing outside the SDK's utilities changes. Applied when a ``SimSession`` is made, for
+    the rest of that process; the docker backend (the SDK's own local mode, as it ships) and real
+    SageMaker never apply it."""
     import tarfile
     import types
 
