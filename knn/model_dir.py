@@ -198,12 +198,11 @@ def _compile_graph_walk_meanwhile(directory: Path) -> None:
     on a thread of their own while this process checks and loads the files (knn.float16_graph).
     Anything wrong with the manifest is left for verify_model_dir to report."""
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-        graph = "graph" in (manifest.get("index_kind"), manifest.get("headline_index_kind"))
-        float16 = manifest_vector_dtype(manifest) == "float16"
-    except (OSError, ValueError, AttributeError):
+        manifest = read_manifest(directory)
+    except ModelDirError:
         return
-    if graph and float16:
+    if ("graph" in (manifest.get("index_kind"), manifest.get("headline_index_kind"))
+            and manifest_vector_dtype(manifest) == "float16"):
         from knn.float16_graph import compile_in_background
 
         compile_in_background()
