@@ -18,8 +18,8 @@ What it does:
    The encoder is timed separately (ProductSearch.encoder.encode of one sentence), not in the search
    latency. Peak RSS: ru_maxrss and /proc/self/status VmHWM, after load and after the queries, plus what
    the big arrays and tables hold.
-3. With --recall, in one more fresh process: recall@10 of the served index (float16 rows, graph walk)
-   against exact float32 search over the build's own vectors, regenerated from their seed: the top 10
+3. With --recall, in one more fresh process: recall@10 of the served index (the graph walked over the
+   int8 codes, its candidates re-scored from the float16 rows; knn.quantized_vectors) against exact float32 search over the build's own vectors, regenerated from their seed: the top 10
    of the k=64 a search asks the index for (the target line), and of index.query(k=10).
 Prints a table and the target lines ("target: ... measured: ... PASS / FALLS SHORT", via bench/common.py); writes --out
 (default bench/results/scale.json).
@@ -195,6 +195,8 @@ def _table_bytes(frame) -> int:
 def _array_bytes(array) -> int:
     if array is None:
         return 0
+    if hasattr(array, "codes"):  # knn.quantized_vectors.QuantizedVectors: the int8 codes are what it holds
+        return int(array.codes.nbytes + array.scales.nbytes)
     if hasattr(array, "data") and hasattr(array, "indices"):  # scipy sparse
         return int(array.data.nbytes + array.indices.nbytes + array.indptr.nbytes)
     return int(array.nbytes)
@@ -216,7 +218,7 @@ def holdings(search) -> dict:
         raw = nnd._raw_data
         out[f"{name}_graph"] = _array_bytes(nnd._search_graph)
         out[f"{name}_raw_data"] = _array_bytes(raw)
-        out[f"{name}_raw_data_shares_vectors"] = bool(np.shares_memory(raw, vectors))
+        out[f"{name}_raw_data_shares_vectors"] = bool(np.shares_memory(raw, getattr(vectors, "codes", vectors)))
     return out
 
 
@@ -279,7 +281,7 @@ def serve(model_dir: Path, n_queries: int, n_items: int, seed: int, together: Pa
 
 
 def recall(model_dir: Path, n_queries: int = 200) -> dict:
-    """Recall@10 of the served index (float16 rows, graph walk, re-scored) against exact float32 search
+    """Recall@10 of the served index (graph walk over the int8 codes, re-scored from the float16 rows) against exact float32 search
     over the vectors the build drew (the same stream, regenerated here; the model dir keeps float16 only).
     Held-out queries, as `serve` uses. A returned id counts when it is as similar as the 10th true
     neighbour (knn_bench.recall_at). Both k=10 and the top 10 of the k=64 that serving asks for."""
@@ -290,7 +292,9 @@ def recall(model_dir: Path, n_queries: int = 200) -> dict:
     search = load_model_dir(model_dir)
     n = len(search.corpus.vectors)
     exact = clustered_unit_vectors(n, seed=1)
-    if not np.allclose(exact[:1000].astype(np.float16), search.corpus.vectors[:1000], atol=1e-3):
+    served = search.corpus.vectors
+    first = served.rows.block(0, 1000) if hasattr(served, "rows") else served[:1000]  # QuantizedVectors: from the file
+    if not np.allclose(exact[:1000].astype(np.float16), first, atol=1e-3):
         return {"skipped": "the model's vectors are not scale_bench's synthetic stream (another --model-dir?)"}
     queries = clustered_unit_vectors(n_queries, seed=1, skip=n)
     truth = ExactIndex(exact).query(queries, 10)[0]  # float32, as knn_bench's ground truth
@@ -415,6 +419,11 @@ def main(argv=None) -> dict:
         build_info, cached = {"model_dir": str(args.model_dir)}, True
     elif cached and build_record.is_file():
         build_info = json.loads(build_record.read_text())
+        from knn.model_dir import add_vector_codes
+
+        added = add_vector_codes(model_dir)  # a model built before the int8 codes gets them, as a fit writes them
+        if added:
+            print(f"{model_dir}: added {', '.join(added)} (the int8 codes a fit now writes)")
     else:
         common = ["--sentences", str(args.sentences), "--work-dir", str(args.work_dir), "--index-kind", args.index_kind]
         common += ["--texts", args.texts] if args.texts else []

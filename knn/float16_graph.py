@@ -32,12 +32,19 @@ class Float16Graph:
     float32 are the value x 2**-112 for every normal float16 (`compact_vectors` leaves no subnormals),
     so the query is scaled by 2**112 once instead: two integer operations per component.
     Same graph, same tree, same epsilon bound as pynndescent; only the float16 rounding of the rows
-    (<= 2**-11 relative) differs, and the candidates are re-scored by GraphIndex anyway."""
+    (<= 2**-11 relative) differs, and the candidates are re-scored by GraphIndex anyway.
 
-    def __init__(self, state: dict, vectors: np.ndarray):
+    Given a knn.quantized_vectors.QuantizedVectors instead, the same walk reads its int8 codes (the
+    query scaled by the codes' per-dimension scales), and GraphIndex re-scores from the float16 rows."""
+
+    def __init__(self, state: dict, vectors):
         state.pop("_raw_data", None)
         self._state = state
-        self._raw_data = vectors  # the model's float16 array itself (bench/ reads these attributes)
+        codes = getattr(vectors, "codes", None)  # knn.quantized_vectors.QuantizedVectors: walk its int8 codes
+        if codes is not None:
+            self._raw_data, self._bits, self._query_scale = codes, codes, vectors.scales
+        else:  # the model's float16 array itself (bench/ reads these attributes), read as its bits
+            self._raw_data, self._bits, self._query_scale = vectors, vectors.view(np.int16), WIDEN
         graph = state["_search_graph"]
         if graph.indices.dtype != np.int32 or graph.indptr.dtype != np.int32:  # one int32 copy, held once
             from scipy.sparse import csr_array
@@ -48,7 +55,6 @@ class Float16Graph:
             state["_search_graph"] = graph
         self._search_graph = graph
         self._search_forest = forest = state["_search_forest"]
-        self._bits = vectors.view(np.int16)  # sign-extended on loading: (h << 13) & 0x8FFFFFFF
         self._indptr, self._indices = np.asarray(graph.indptr), np.asarray(graph.indices)  # views
         dimensions = vectors.shape[1]
         if not state.get("tree_init", True) or not forest:
@@ -89,7 +95,7 @@ class Float16Graph:
             queries = queries / np.where(norms > 0, norms, 1.0).astype(np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int32)
         planes, offsets, children, tree_indices, n_trees = self._tree
-        self._search(self._bits, queries * WIDEN, queries, np.int64(k), np.float32(epsilon), self._visited,
+        self._search(self._bits, queries * self._query_scale, queries, np.int64(k), np.float32(epsilon), self._visited,
                      self._seed_keys, self._seed_ids, self._rng_state.copy(), self._indptr, self._indices, planes,
                      self._node_rows, offsets, children, tree_indices, np.int64(n_trees),
                      np.int64(self._leaf_budget), np.int64(self._n_neighbors), self._min_distance, ids)
@@ -167,13 +173,13 @@ def float16_kernels():
 
 def _jit_kernels():
     global _f16_alternative, _f16_distance, _f16_four_distances, _f16_walk, _f16_dots
-    global _select_side, _tree_spill_leaves, _check_and_mark_visited, _bits_as_float32, _heap_push, _rand_int
+    global _select_side, _tree_spill_leaves, _check_and_mark_visited, _widen, _heap_push, _rand_int
     global _seed_push, _seed_pop
     ensure_numba_cache_dir()
     import numba
 
     inline = numba.njit(fastmath=True, boundscheck=False)  # LLVM inlines them; numba's IR inlining compiled 3x slower
-    _bits_as_float32 = _bits_as_float32_intrinsic(numba)
+    _widen = _widen_intrinsic(numba)
     _rand_int = inline(_rand_int)
     _check_and_mark_visited = inline(_check_and_mark_visited)
     _heap_push = inline(_heap_push)
@@ -192,9 +198,10 @@ def _jit_kernels():
     return _f16_walk, _f16_dots
 
 
-def compile_in_background() -> None:
+def compile_in_background(rows: str = "float16") -> None:
     """Compile (or read from numba's cache) the walk and dot-product kernels for a read-only model's
-    float16 rows on a thread of their own, once per process, while the caller loads the model.
+    float16 rows (or its int8 codes: rows="int8") on a thread of their own, once per process, while the
+    caller loads the model.
 
     On an empty numba cache (a fresh machine) the walk's compile is most of the time to a first
     answer (~7 s on 2 cores), and it needs nothing from the model: the kernels are typed by the
@@ -205,13 +212,14 @@ def compile_in_background() -> None:
     with _KERNELS_LOCK:
         if _BACKGROUND is not None:
             return
-        _BACKGROUND = threading.Thread(target=_compile_for_read_only_rows, name="float16-kernels", daemon=True)
+        _BACKGROUND = threading.Thread(target=_compile_for_read_only_rows, args=(rows,), name="float16-kernels",
+                                       daemon=True)
     _BACKGROUND.start()
 
 
-def _compile_for_read_only_rows() -> None:
+def _compile_for_read_only_rows(rows: str = "float16") -> None:
     walk, dots = float16_kernels()
-    bits = np.zeros((1, 1), np.int16)
+    bits = np.zeros((1, 1), np.int8 if rows == "int8" else np.int16)
     bits.flags.writeable = False
     one = np.zeros((1, 1), np.float32)
     i32 = np.zeros(1, np.int32)
@@ -231,29 +239,36 @@ def _f16_dots(bits, rows, queries, out):
             query = queries[q]
             total = np.float32(0.0)
             for t in range(query.shape[0]):
-                total += query[t] * _bits_as_float32((np.int32(row[t]) << _SHIFT) & _KEEP)
+                total += query[t] * _widen(row[t])
             out[q, i] = total
 
 
-_bits_as_float32 = None  # the intrinsic, made by float16_kernels once numba may be imported
+_widen = None  # the intrinsic, made by float16_kernels once numba may be imported
 
 
-def _bits_as_float32_intrinsic(numba):
-    """An int32's bits read as a float32 (pynndescent.utils.int32_bits_as_float32)."""
+def _widen_intrinsic(numba):
+    """A row component as float32, by the row array's dtype: int16 holds float16 bits, widened as the
+    class docstring says ((sign-extended << 13) & 0x8FFFFFFF, read as float32: the value x 2**-112);
+    int8 is a quantized code (knn.quantized_vectors), converted as it is. The query carries the scale
+    (WIDEN, or the codes' per-dimension scales), so one kernel serves both kinds of rows."""
     from llvmlite import ir
     from numba.extending import intrinsic
 
     @intrinsic
-    def bits_as_float32(typingctx, x):
-        if not isinstance(x, numba.types.Integer):
+    def widen(typingctx, x):
+        if not isinstance(x, numba.types.Integer) or x.bitwidth not in (8, 16) or not x.signed:
             return None
 
         def codegen(context, builder, sig, args):
-            return builder.bitcast(context.cast(builder, args[0], sig.args[0], numba.types.int32), ir.FloatType())
+            if sig.args[0].bitwidth == 8:
+                return builder.sitofp(args[0], ir.FloatType())
+            int32 = ir.IntType(32)
+            bits = builder.shl(builder.sext(args[0], int32), ir.Constant(int32, int(_SHIFT)))
+            return builder.bitcast(builder.and_(bits, ir.Constant(int32, int(_KEEP))), ir.FloatType())
 
         return numba.types.float32(x), codegen
 
-    return bits_as_float32
+    return widen
 
 
 # pynndescent 0.7.0's helpers of its search (BSD-2-Clause, (c) Leland McInnes), copied so that serving a
@@ -381,7 +396,7 @@ def _f16_distance(query, bits, row):
     """The distance from the (2**112-scaled) query to float16 row `row`, read as int16 bits."""
     total = np.float32(0.0)
     for t in range(query.shape[0]):
-        total += query[t] * _bits_as_float32((np.int32(bits[row, t]) << _SHIFT) & _KEEP)
+        total += query[t] * _widen(bits[row, t])
     return _f16_alternative(total)
 
 
@@ -391,10 +406,10 @@ def _f16_four_distances(query, bits, rows, out):
     r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
     for t in range(query.shape[0]):
         x = query[t]
-        s0 += x * _bits_as_float32((np.int32(bits[r0, t]) << _SHIFT) & _KEEP)
-        s1 += x * _bits_as_float32((np.int32(bits[r1, t]) << _SHIFT) & _KEEP)
-        s2 += x * _bits_as_float32((np.int32(bits[r2, t]) << _SHIFT) & _KEEP)
-        s3 += x * _bits_as_float32((np.int32(bits[r3, t]) << _SHIFT) & _KEEP)
+        s0 += x * _widen(bits[r0, t])
+        s1 += x * _widen(bits[r1, t])
+        s2 += x * _widen(bits[r2, t])
+        s3 += x * _widen(bits[r3, t])
     out[0], out[1] = _f16_alternative(s0), _f16_alternative(s1)
     out[2], out[3] = _f16_alternative(s2), _f16_alternative(s3)
 

@@ -7,12 +7,17 @@ Layout:
                            or int8, so the endpoint embeds queries alike and needs no package)
     catalog.parquet        one row per review (knn.reviews.CATALOG_COLUMNS)
     sentences.parquet      sentence text and the catalog row it came from
-    vectors.npy            unit vectors, one row per sentence, float16 ("vector_dtype" in the manifest; served
-                           as stored, mapped from the file so the workers of one machine share one copy:
-                           knn.index searches float16 rows, computing in float32)
+    vectors.npy            unit vectors, one row per sentence, float16 ("vector_dtype" in the manifest; knn.index
+                           searches float16 rows, computing in float32)
+    vector_codes.npy       with a graph index: the same vectors as int8 codes, and vector_scales.npy their
+                           per-dimension scales (knn.quantized_vectors). The graph walks and the ranking read
+                           the codes (mapped, so the workers of one machine share one copy); exact scores
+                           read float16 rows from vectors.npy without mapping it. Without codes (exact
+                           search, or model dirs written before them) vectors.npy itself is mapped.
     index/                 the graph index's files (none for exact search)
     headlines.parquet      the review headlines that are searched (not "Five Stars"-style) and their catalog row
-    headline_vectors.npy   unit vectors, one row per headline, in the same dtype
+    headline_vectors.npy   unit vectors, one row per headline, in the same dtype (and headline_vector_codes.npy,
+                           headline_vector_scales.npy with a graph index)
     headline_index/        the headlines' graph index files (none for exact search)
     lexical/               BM25 weights (knn.lexical), .npz + vocabulary JSON: reviews.* (one document
                            per review) and passages.* (one per body sentence, then one per headline)
@@ -43,6 +48,7 @@ from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, f
 from knn.errors import ModelDirError
 from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
 from knn.lexical import LexicalIndex, passage_documents, review_documents
+from knn.quantized_vectors import FileRows, QuantizedVectors, quantize
 from knn.search import Corpus, ProductSearch
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     precision = encoder_precision(read_settings(directory / "encoder"))
     corpus.catalog.to_parquet(directory / "catalog.parquet", index=False)
     corpus.sentences.to_parquet(directory / "sentences.parquet", index=False)
-    np.save(directory / "vectors.npy", compact_vectors(corpus.vectors, vector_dtype), allow_pickle=False)
+    _save_vectors(directory, "", corpus.vectors, vector_dtype, index.kind)
     index.save(directory / "index")
     extra = dict(extra or {})
     counts_extra = {}
@@ -79,8 +85,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         if headline_index is None:
             raise ValueError("headlines need their index: pass headline_index")
         corpus.headlines.to_parquet(directory / "headlines.parquet", index=False)
-        np.save(directory / "headline_vectors.npy", compact_vectors(corpus.headline_vectors, vector_dtype),
-                allow_pickle=False)
+        _save_vectors(directory, "headline_", corpus.headline_vectors, vector_dtype, headline_index.kind)
         headline_index.save(directory / "headline_index")
         extra["headline_index_kind"] = headline_index.kind
         counts_extra["headlines"] = int(len(corpus.headlines))
@@ -114,6 +119,43 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     os.replace(temporary, directory / MANIFEST)
     return directory
+
+
+def _save_vectors(directory: Path, prefix: str, vectors: np.ndarray, vector_dtype: str, index_kind: str) -> None:
+    """{prefix}vectors.npy; for a float16 graph also its int8 codes and their per-dimension scales
+    ({prefix}vector_codes.npy, {prefix}vector_scales.npy: what the graph walks and the ranking read)."""
+    stored = compact_vectors(vectors, vector_dtype)
+    np.save(directory / f"{prefix}vectors.npy", stored, allow_pickle=False)
+    if vector_dtype == "float16" and index_kind == "graph":
+        codes, scales = quantize(stored)
+        np.save(directory / f"{prefix}vector_codes.npy", codes, allow_pickle=False)
+        np.save(directory / f"{prefix}vector_scales.npy", scales, allow_pickle=False)
+
+
+def add_vector_codes(directory: str | Path) -> list[str]:
+    """Give a float16 graph model dir written before the int8 codes its codes, so that it is served
+    like a new one (knn.quantized_vectors); the manifest is checked first and rewritten last. Returns
+    the files added (none when there is nothing to add)."""
+    directory = Path(directory)
+    manifest = verify_model_dir(directory)
+    files = manifest["files"]
+    added = []
+    if manifest_vector_dtype(manifest) != "float16":
+        return added
+    for prefix, kind in (("", manifest.get("index_kind")), ("headline_", manifest.get("headline_index_kind"))):
+        if kind != "graph" or f"{prefix}vectors.npy" not in files or f"{prefix}vector_codes.npy" in files:
+            continue
+        codes, scales = quantize(np.load(directory / f"{prefix}vectors.npy", allow_pickle=False, mmap_mode="r"))
+        for name, array in (("vector_codes.npy", codes), ("vector_scales.npy", scales)):
+            np.save(directory / f"{prefix}{name}", array, allow_pickle=False)
+            files[f"{prefix}{name}"] = {"sha256": file_sha256(directory / f"{prefix}{name}"),
+                                        "bytes": (directory / f"{prefix}{name}").stat().st_size}
+            added.append(f"{prefix}{name}")
+    if added:
+        temporary = directory / (MANIFEST + ".tmp")
+        temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(temporary, directory / MANIFEST)
+    return added
 
 
 def read_manifest(directory: Path) -> dict:
@@ -184,10 +226,20 @@ def verify_model_dir(directory: str | Path) -> dict:
     return manifest
 
 
-def _load_vectors(path: Path, vector_dtype: str) -> np.ndarray:
-    """float16 vectors are mapped read-only from the file, not read into the process: every worker that
-    serves the same model dir (the endpoint's, on one machine) reads the same page-cache pages, one copy
-    in all. float32 vectors (model dirs written before) are read as before: pynndescent searches them."""
+def _load_vectors(directory: Path, prefix: str, vector_dtype: str, listed: dict):
+    """A model's vectors as they are served.
+
+    With int8 codes (float16 graph models): QuantizedVectors, the codes mapped read-only and the float16
+    rows read from their file when asked for (knn.quantized_vectors), never mapped. Other float16 vectors
+    (exact search, or model dirs written before the codes) are mapped read-only from the file. Either
+    way every worker that serves the same model dir (the endpoint's, on one machine) reads the same
+    page-cache pages, one copy in all. float32 vectors (model dirs written before) are read as before:
+    pynndescent searches them."""
+    path = directory / f"{prefix}vectors.npy"
+    if vector_dtype == "float16" and f"{prefix}vector_codes.npy" in listed:
+        codes = np.asarray(np.load(directory / f"{prefix}vector_codes.npy", allow_pickle=False, mmap_mode="r"))
+        scales = np.load(directory / f"{prefix}vector_scales.npy", allow_pickle=False)
+        return QuantizedVectors(codes, scales, FileRows(path))
     if vector_dtype == "float16":
         return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
     return np.load(path, allow_pickle=False)
@@ -205,7 +257,7 @@ def _compile_graph_walk_meanwhile(directory: Path) -> None:
             and manifest_vector_dtype(manifest) == "float16"):
         from knn.float16_graph import compile_in_background
 
-        compile_in_background()
+        compile_in_background("int8" if "vector_codes.npy" in (manifest.get("files") or {}) else "float16")
 
 
 def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
@@ -217,7 +269,7 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     try:
         catalog = pd.read_parquet(directory / "catalog.parquet")
         sentences = pd.read_parquet(directory / "sentences.parquet")
-        vectors = _load_vectors(directory / "vectors.npy", vector_dtype)
+        vectors = _load_vectors(directory, "", vector_dtype, manifest.get("files") or {})
     except Exception as exc:  # a verified file that still fails to parse was written wrongly
         raise ModelDirError(f"{directory}: cannot read the model's data ({exc}); rebuild the model") from None
     if len(vectors) != len(sentences):
@@ -232,7 +284,7 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     if "headlines.parquet" in listed:
         try:
             headlines = pd.read_parquet(directory / "headlines.parquet")
-            headline_vectors = _load_vectors(directory / "headline_vectors.npy", vector_dtype)
+            headline_vectors = _load_vectors(directory, "headline_", vector_dtype, listed)
         except Exception as exc:
             raise ModelDirError(f"{directory}: cannot read the model's headlines ({exc}); rebuild the model") from None
         if headline_vectors.dtype != vectors.dtype:

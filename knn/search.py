@@ -12,6 +12,8 @@ alternatives and the commands):
 3. Similarity of a passage to a query sentence: cosine of unit vectors; passages of 3 words or
    fewer ("Great!", "Love it", "Gift") count x0.8; a passage that disagrees with the query sentence
    on negation (one holds "not", "never", "doesn't", "no", ...; the other none) loses 0.05.
+   A graph model ranks with its int8 codes (knn.quantized_vectors: within ~0.003 of the float16
+   cosine); its graph's candidates are found with exact float16 scores.
 4. Dense score of a product: for each query sentence its best passage, then the mean over the query
    sentences (every query sentence counts equally).
 5. Lexical score (knn.lexical): Porter-stemmed BM25 of the whole query against each review
@@ -40,6 +42,7 @@ import pandas as pd
 from knn.errors import QueryError
 from knn.index import VectorIndex, similarities
 from knn.lexical import LexicalIndex
+from knn.quantized_vectors import QuantizedVectors
 from knn.sentences import split_sentences
 
 CANDIDATES_PER_SENTENCE = 64
@@ -101,7 +104,8 @@ class Corpus:
 
     catalog: pd.DataFrame  # one row per review, knn.reviews.CATALOG_COLUMNS
     sentences: pd.DataFrame  # columns: sentence (str), review_row (int, row of catalog)
-    vectors: np.ndarray  # float16 (or float32: older model dirs) (len(sentences), dimensions), unit rows
+    vectors: np.ndarray  # float16 (or float32: older model dirs) (len(sentences), dimensions), unit rows; a
+    # loaded graph model's are QuantizedVectors (int8 codes ranked, float16 rows read for exact scores)
     headlines: pd.DataFrame | None = None  # columns: headline (str), review_row (int); kept headlines only
     headline_vectors: np.ndarray | None = None  # float16 or float32 (len(headlines), dimensions), unit rows
     lexical: LexicalIndex | None = None  # BM25 over reviews, one document per catalog row
@@ -373,7 +377,9 @@ class ProductSearch:
             if allowed is not None:
                 keep = allowed[source.review[rows]]
                 rows, owner = rows[keep], owner[keep]
-            if source.vectors.dtype == np.float16:  # computed in float32, no float32 copy of the rows
+            if isinstance(source.vectors, QuantizedVectors):  # the int8 codes: no float16 row is read
+                raw = source.vectors.approximate(query_vectors, rows).T
+            elif source.vectors.dtype == np.float16:  # computed in float32, no float32 copy of the rows
                 raw = similarities(query_vectors, source.vectors, rows).T
             else:
                 raw = source.vectors[rows] @ query_vectors.T
@@ -436,7 +442,7 @@ class ProductSearch:
             norms = np.ones(len(vectors), np.float32)
             for begin in range(0, max(len(vectors) - 1, 0), _BLOCK_ROWS):
                 end = min(begin + _BLOCK_ROWS, len(vectors) - 1)
-                block = vectors[begin:end + 1].astype(np.float32)  # float16 storage: one block upcast at a time
+                block = _float32_rows(vectors, begin, end + 1)  # one block upcast at a time
                 norms[begin:end] = np.linalg.norm(block[:-1] + block[1:], axis=1)
             self._pairs = np.where(norms > 0, norms, 1.0).astype(np.float32)
         return self._pairs
@@ -452,7 +458,7 @@ class ProductSearch:
                     order = np.argsort(source.review[block], kind="stable")
                     owners = source.review[block][order]
                     starts = np.flatnonzero(np.diff(owners, prepend=-1))
-                    passages = source.vectors[block][order].astype(np.float32)  # float16 storage: this block only
+                    passages = _float32_rows(source.vectors, begin, begin + _BLOCK_ROWS)[order]  # this block only
                     sums[owners[starts]] += np.add.reduceat(passages, starts, axis=0)
             norms = np.sqrt((sums.astype(np.float64) ** 2).sum(axis=1))
             self._norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
@@ -477,6 +483,14 @@ class ProductSearch:
             "matched_sentence": sentence,
             "matched_field": field,
         }
+
+
+def _float32_rows(vectors, begin: int, end: int) -> np.ndarray:
+    """Rows begin..end-1 as float32: from the int8 codes of QuantizedVectors (what `_score` ranks with),
+    else from the (float16 or float32) array."""
+    if isinstance(vectors, QuantizedVectors):
+        return vectors.float32_block(begin, end)
+    return vectors[begin:end].astype(np.float32)
 
 
 def _best_first(scores: np.ndarray, count: int) -> np.ndarray:

@@ -233,22 +233,27 @@ def test_model_fn_pays_the_first_query_costs_before_serving(fixture_model_dir):
     assert "warm-up query answered in" in done.stderr
 
 
-@pytest.mark.parametrize("index_kind, vector_dtype, started", [
-    ("graph", "float16", True), ("exact", "float16", False), ("graph", "float32", False)])
+@pytest.mark.parametrize("index_kind, vector_dtype, codes, started", [
+    ("graph", "float16", False, "float16"), ("graph", "float16", True, "int8"), ("exact", "float16", False, None),
+    ("graph", "float32", False, None)])
 def test_loading_a_float16_graph_model_compiles_its_walk_meanwhile(model_copy, monkeypatch, index_kind, vector_dtype,
-                                                                   started):
-    """Only a model searched by float16 graph walks starts their compile (a process serving a small
-    exact model never imports numba); a broken manifest is left for the check to report."""
+                                                                   codes, started):
+    """Only a model searched by float16 (or int8-code) graph walks starts their compile, for its kind of
+    rows (a process serving a small exact model never imports numba); a broken manifest is left for
+    the check to report."""
     import knn.float16_graph
     from knn import model_dir
 
     calls = []
-    monkeypatch.setattr(knn.float16_graph, "compile_in_background", lambda: calls.append(1))
+    monkeypatch.setattr(knn.float16_graph, "compile_in_background", lambda rows="float16": calls.append(rows))
     manifest = json.loads((model_copy / "manifest.json").read_text())
     manifest.update(index_kind=index_kind, vector_dtype=vector_dtype)
+    manifest["files"].pop("vector_codes.npy", None)
+    if codes:
+        manifest["files"]["vector_codes.npy"] = {"sha256": "0" * 64, "bytes": 1}
     (model_copy / "manifest.json").write_text(json.dumps(manifest))
     model_dir._compile_graph_walk_meanwhile(model_copy)
-    assert calls == ([1] if started else [])
+    assert calls == ([started] if started else [])
     (model_copy / "manifest.json").write_text("{not json")
     model_dir._compile_graph_walk_meanwhile(model_copy)
-    assert calls == ([1] if started else [])
+    assert calls == ([started] if started else [])

@@ -1,0 +1,169 @@
+"""knn.quantized_vectors: int8 codes walked and ranked, float16 rows read from the file for exact scores,
+and graph model dirs that serve them (and older ones given them)."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from knn.index import ExactIndex, GraphIndex, compact_vectors, load_index, similarities
+from knn.quantized_vectors import FileRows, QuantizedVectors, quantize
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def unit_vectors(n, d=32, seed=0, clusters=8):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    x = (centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def mapped_files() -> str:
+    return Path("/proc/self/maps").read_text()
+
+
+def quantized(vectors, tmp_path, name="vectors.npy") -> QuantizedVectors:
+    half = compact_vectors(vectors)
+    np.save(tmp_path / name, half)
+    codes, scales = quantize(half)
+    return QuantizedVectors(codes, scales, FileRows(tmp_path / name))
+
+
+def test_codes_are_within_half_a_step_and_use_the_whole_range():
+    vectors = unit_vectors(3000, d=16)
+    vectors[:, 5] = 0  # a dimension that is zero everywhere
+    codes, scales = quantize(vectors)
+    assert codes.dtype == np.int8 and scales.dtype == np.float32 and scales.shape == (16,)
+    assert np.all(np.abs(codes.astype(np.float32) * scales - vectors) <= scales / 2 + 1e-6)
+    assert np.all(np.abs(codes[:, [d for d in range(16) if d != 5]]).max(axis=0) == 127)
+    assert scales[5] == 1 and not codes[:, 5].any()
+
+
+def test_file_rows_reads_rows_in_any_order_and_never_maps_the_file(tmp_path):
+    array = compact_vectors(unit_vectors(500, d=24))
+    np.save(tmp_path / "rows.npy", array)
+    rows = FileRows(tmp_path / "rows.npy")
+    assert rows.shape == (500, 24) and rows.dtype == np.float16 and len(rows) == 500
+    wanted = np.array([7, 3, 3, 4, 5, 499, 0, 6])  # repeats, runs and any order
+    np.testing.assert_array_equal(rows.take(wanted), array[wanted])
+    np.testing.assert_array_equal(rows.block(490, 600), array[490:])  # clamped to the file
+    assert rows.take(np.zeros(0, np.int64)).shape == (0, 24)
+    with pytest.raises(IndexError, match="out of range"):
+        rows.take([500])
+    assert "rows.npy" not in mapped_files()
+
+
+def test_approximate_scores_are_close_to_exact_on_either_path(tmp_path):
+    vectors = unit_vectors(2000, d=384, seed=1)
+    served = quantized(vectors, tmp_path)
+    queries = unit_vectors(3, d=384, seed=2)
+    exact = queries @ vectors.T
+    few = np.arange(0, 2000, 7)  # numpy widens a few hundred rows
+    np.testing.assert_allclose(served.approximate(queries, few), exact[:, few], atol=0.01)
+    everything = served.approximate(queries)  # 2000 x 384: the numba kernel over int8 codes
+    np.testing.assert_allclose(everything, exact, atol=0.01)
+    np.testing.assert_allclose(everything[:, few], served.approximate(queries, few), atol=1e-5)
+    np.testing.assert_allclose(served.float32_block(10, 20) @ queries.T, exact[:, 10:20].T, atol=1e-5 + 0.01)
+
+
+def test_a_graph_walks_the_codes_and_rescores_from_the_file(tmp_path):
+    vectors = unit_vectors(2000, d=32, seed=3)
+    graph = GraphIndex.build(vectors, n_neighbors=15)
+    graph.save(tmp_path / "index")
+    served = quantized(vectors, tmp_path)
+    loaded = load_index("graph", tmp_path / "index", served)
+    assert loaded.vectors is served and loaded._nnd._bits is served.codes  # walks the int8 codes
+    queries = vectors[:100]
+    exact_ids, _ = ExactIndex(vectors).query(queries, 10)
+    half = compact_vectors(vectors).astype(np.float32)
+    # Serving asks a walk for more than it keeps (k=64 per query sentence): int8 scores alone rank the
+    # true top 10 of these 32-dimension vectors for ~0.92 of them, re-scored from the file for all.
+    for batch in (True, False):
+        if batch:
+            ids, sims = loaded.query(queries, 20)
+        else:
+            found = [loaded.query(q, 20) for q in queries]
+            ids, sims = np.vstack([f[0] for f in found]), np.vstack([f[1] for f in found])
+        assert np.mean([len(set(a[:10]) & set(b)) / 10 for a, b in zip(ids, exact_ids)]) >= 0.99
+        # the scores are the float16 rows' (read from the file), not the codes'
+        np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", queries, half[ids]), atol=1e-5)
+    exact_on_file = ExactIndex(served).query(queries[:5], 10)
+    exact_in_memory = ExactIndex(compact_vectors(vectors)).query(queries[:5], 10)
+    np.testing.assert_array_equal(exact_on_file[0], exact_in_memory[0])
+    np.testing.assert_allclose(similarities(queries[:2], served), similarities(queries[:2], compact_vectors(vectors)))
+    assert "vectors.npy" not in mapped_files()
+
+
+@pytest.fixture(scope="module")
+def graph_model_dir(tmp_path_factory):
+    """A graph model of the fixture reviews (what big catalogues get: int8 codes beside the float16 rows)."""
+    from knn.build import build_model_dir
+
+    directory = tmp_path_factory.mktemp("graph-model")
+    build_model_dir(FIXTURES / "reviews.csv", directory, index_kind="graph")
+    return directory
+
+
+def _without_codes(source: Path, target: Path) -> Path:
+    """A copy of a model dir as written before the int8 codes."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    for name in [n for n in manifest["files"] if "vector_codes" in n or "vector_scales" in n]:
+        del manifest["files"][name]
+        (target / name).unlink()
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_a_graph_model_serves_int8_codes_and_answers_like_float16(graph_model_dir, tmp_path):
+    from knn.model_dir import load_model_dir
+
+    files = json.loads((graph_model_dir / "manifest.json").read_text())["files"]
+    for name in ("vector_codes.npy", "vector_scales.npy", "headline_vector_codes.npy", "headline_vector_scales.npy"):
+        assert name in files
+    search = load_model_dir(graph_model_dir)
+    assert isinstance(search.corpus.vectors, QuantizedVectors)
+    assert isinstance(search.corpus.headline_vectors, QuantizedVectors)
+    older = load_model_dir(_without_codes(graph_model_dir, tmp_path / "older"))
+    assert older.corpus.vectors.dtype == np.float16 and not isinstance(older.corpus.vectors, QuantizedVectors)
+    for item in json.loads((FIXTURES / "queries.json").read_text()):
+        new, old = search.search(item["query"], 3), older.search(item["query"], 3)
+        assert [r["product_id"] for r in new] == [r["product_id"] for r in old], item["query"]
+        for a, b in zip(new, old):
+            assert abs(a["product_search_score"] - b["product_search_score"]) < 0.01
+    maps = mapped_files()
+    assert str(graph_model_dir / "vector_codes.npy") in maps
+    assert str(graph_model_dir / "vectors.npy") not in maps and str(graph_model_dir / "headline_vectors.npy") not in maps
+
+
+def test_a_model_dir_written_before_the_codes_is_given_them(graph_model_dir, tmp_path):
+    from knn.model_dir import add_vector_codes, load_model_dir, verify_model_dir
+
+    older = _without_codes(graph_model_dir, tmp_path / "older")
+    added = add_vector_codes(older)
+    assert sorted(added) == ["headline_vector_codes.npy", "headline_vector_scales.npy", "vector_codes.npy",
+                             "vector_scales.npy"]
+    verify_model_dir(older)
+    for name in added:  # the very files a fit writes
+        assert (older / name).read_bytes() == (graph_model_dir / name).read_bytes()
+    assert isinstance(load_model_dir(older).corpus.vectors, QuantizedVectors)
+    assert add_vector_codes(older) == []
+
+
+def test_kernels_compiled_in_background_for_codes_are_the_ones_a_served_query_calls(graph_model_dir):
+    """compile_in_background("int8") types the kernels as a model dir's mapped read-only codes: the
+    queries that follow (the walks, and the ranking's dot products over many rows) compile nothing more."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; import knn.float16_graph as f; from knn.model_dir import load_model_dir; "
+            "f.compile_in_background('int8'); search = load_model_dir(sys.argv[1]); "
+            "search.search('a toy for the bath that floats', 3); v = search.corpus.vectors; "
+            "v.approximate(np.ones((1, v.shape[1]), np.float32), np.arange(2000) % len(v)); f._BACKGROUND.join(); "
+            "walk, dots = f.float16_kernels(); print(len(walk.signatures), len(dots.signatures))")
+    done = subprocess.run([sys.executable, "-c", code, str(graph_model_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "1"]
