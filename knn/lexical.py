@@ -185,7 +185,12 @@ class LexicalIndex:
             meta = json.loads((directory / vocabulary_file).read_text())
             with np.load(directory / arrays_file, allow_pickle=False) as npz:
                 shape = tuple(int(x) for x in npz["shape"])
-                matrix = csc_array((npz["data"], npz["indices"], npz["indptr"]), shape=shape)
+                indices, indptr = npz["indices"], npz["indptr"]
+                if len(indices) < 2 ** 31 and indices.dtype == np.int32:
+                    # indptr is saved as int64: with int32 indices scipy would copy them to int64 (at 1M
+                    # passages and their reviews: 93 MB more held); all-int32 arrays are kept as loaded
+                    indptr = indptr.astype(np.int32)
+                matrix = csc_array((npz["data"], indices, indptr), shape=shape)
         except (OSError, ValueError, KeyError) as exc:
             raise IndexFileError(f"cannot read the lexical index {name} in {directory}: {exc}; rebuild the model") from None
         if meta.get("format") != _FORMAT or shape[0] != n_documents or shape[1] != len(meta.get("vocabulary", ())):

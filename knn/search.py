@@ -185,10 +185,10 @@ class ProductSearch:
         self.ranking = ranking
         catalog = corpus.catalog
         codes, product_ids = pd.factorize(catalog["product_id"], sort=True)
-        self._product_ids = np.asarray(product_ids, dtype=object)
+        self._n_products = len(product_ids)  # product codes follow the ids' order (sort=True): ties break by code
         self._product_of_review = codes.astype(np.int64)
         self._ratings = catalog["star_rating"].to_numpy(np.int64)
-        n_products = len(self._product_ids)
+        n_products = self._n_products
         self._body = _Passages(corpus.sentences["sentence"], corpus.vectors, corpus.sentences["review_row"].to_numpy(),
                                self._product_of_review, n_products, index, ranking)
         self._sources = [self._body]
@@ -236,7 +236,7 @@ class ProductSearch:
 
     @property
     def n_products(self) -> int:
-        return len(self._product_ids)
+        return self._n_products
 
     def query_sentences(self, query: str | Sequence[str]) -> list[str]:
         """The sentences of a query (a string or a list of strings), empty ones removed."""
@@ -302,7 +302,7 @@ class ProductSearch:
         if lexical_by_product is not None:
             scores = scores + self.ranking.lexical_weight * lexical_by_product[candidates]
         keep = np.flatnonzero(np.isfinite(scores))
-        order = keep[np.lexsort((self._product_ids[candidates[keep]], -scores[keep]))][offset:offset + n_items]
+        order = keep[np.lexsort((candidates[keep], -scores[keep]))][offset:offset + n_items]
         return [self._result(*self._shown(int(best_kind[i]), int(best_row[i])), float(scores[i])) for i in order]
 
     # --- candidates -------------------------------------------------------------------------------

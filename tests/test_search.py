@@ -307,3 +307,21 @@ def test_big_catalogues_walk_the_graphs_beside_bm25_with_the_same_answers(fixtur
                 one_thread.search(item["query"], n_items=5, min_star_rating=rating)
     assert threading.current_thread().name in walked_on
     assert any(name.startswith("graph-walk") for name in walked_on)
+
+
+def test_a_loaded_bm25_index_keeps_its_int32_arrays_and_scores_alike(tmp_path):
+    """The index pointer is saved as int64: loading keeps the int32 postings as read (scipy would copy
+    them to int64 otherwise: 93 MB more at 1M passages) and scores to the bit as the built index."""
+    import numpy as np
+
+    from knn.lexical import LexicalIndex
+
+    built = LexicalIndex.build(["the bath toy floats", "a puzzle of a lighthouse", "floats and dives in the tub"])
+    built.save(tmp_path, "passages")
+    loaded = LexicalIndex.load(tmp_path, "passages", 3)
+    assert loaded.weights.indices.dtype == np.int32 and loaded.weights.indptr.dtype == np.int32
+    for query in ("floating bath toys", "lighthouse puzzle", "nothing matches"):
+        hit, scores = loaded.hits(query)
+        expected_hit, expected_scores = built.hits(query)
+        np.testing.assert_array_equal(hit, expected_hit)
+        np.testing.assert_array_equal(scores, expected_scores)
