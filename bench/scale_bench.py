@@ -249,7 +249,9 @@ def serve(model_dir: Path, n_queries: int, n_items: int, seed: int, together: Pa
     n = len(search.corpus.vectors)
     queries = clustered_unit_vectors(n_queries + 50, seed=1, skip=n)  # held out: drawn after the corpus rows
     rng = np.random.default_rng(seed)
-    texts = search.corpus.sentences["sentence"].iloc[rng.integers(0, len(search.corpus.sentences), n_queries + 50)].tolist()
+    sentences = search.corpus.text_column("sentences", "sentence")  # stored texts: read a row at a time
+    texts = [str(sentences[int(row)]) if not hasattr(sentences, "iat") else str(sentences.iat[int(row)])
+             for row in rng.integers(0, len(search.corpus.sentences), n_queries + 50)]
     for i in range(50):  # warm-up (first numba calls, caches)
         search.search_vectors(queries[n_queries + i], n_items, texts[n_queries + i])
     times = np.empty(n_queries)
@@ -419,11 +421,11 @@ def main(argv=None) -> dict:
         build_info, cached = {"model_dir": str(args.model_dir)}, True
     elif cached and build_record.is_file():
         build_info = json.loads(build_record.read_text())
-        from knn.model_dir import add_vector_codes
+        from knn.model_dir import add_serving_files
 
-        added = add_vector_codes(model_dir)  # a model built before the int8 codes gets them, as a fit writes them
+        added = add_serving_files(model_dir)  # a model built before the int8 codes and stored texts gets them
         if added:
-            print(f"{model_dir}: added {', '.join(added)} (the int8 codes a fit now writes)")
+            print(f"{model_dir}: added {', '.join(added)} (what a fit now writes for serving)")
     else:
         common = ["--sentences", str(args.sentences), "--work-dir", str(args.work_dir), "--index-kind", args.index_kind]
         common += ["--texts", args.texts] if args.texts else []

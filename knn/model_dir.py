@@ -19,6 +19,10 @@ Layout:
     headline_vectors.npy   unit vectors, one row per headline, in the same dtype (and headline_vector_codes.npy,
                            headline_vector_scales.npy with a graph index)
     headline_index/        the headlines' graph index files (none for exact search)
+    texts/                 with a graph index: the text columns that answers show (knn.stored_texts: the
+                           catalog's review_id, product_title, review_headline, review_body, each sentence and
+                           headline) as UTF-8 plus row offsets, read a row at a time when served; the tables
+                           above keep them too, but are then loaded without them
     lexical/               BM25 weights (knn.lexical), .npz + vocabulary JSON: reviews.* (one document
                            per review) and passages.* (one per body sentence, then one per headline)
 
@@ -49,6 +53,8 @@ from knn.errors import ModelDirError
 from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
 from knn.lexical import LexicalIndex, passage_documents, review_documents
 from knn.quantized_vectors import FileRows, QuantizedVectors, quantize
+from knn.stored_texts import StoredTexts, write_texts
+from knn.stored_texts import files as text_files
 from knn.search import Corpus, ProductSearch
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,8 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         corpus.lexical.save(directory / "lexical", "reviews")
     if corpus.passage_lexical is not None:
         corpus.passage_lexical.save(directory / "lexical", "passages")
+    if index.kind == "graph":  # a big catalogue's layout: its texts are read per row when served
+        _save_texts(directory, corpus.catalog, corpus.sentences, corpus.headlines)
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory).as_posix()
@@ -132,15 +140,34 @@ def _save_vectors(directory: Path, prefix: str, vectors: np.ndarray, vector_dtyp
         np.save(directory / f"{prefix}vector_scales.npy", scales, allow_pickle=False)
 
 
-def add_vector_codes(directory: str | Path) -> list[str]:
-    """Give a float16 graph model dir written before the int8 codes its codes, so that it is served
-    like a new one (knn.quantized_vectors); the manifest is checked first and rewritten last. Returns
-    the files added (none when there is nothing to add)."""
+# Text columns that a graph model stores in texts/ (knn.stored_texts) and serving reads per row; the
+# tables keep them too (the tables of record), but a graph model's are loaded without them.
+STORED_TEXTS = {"catalog": ("review_id", "product_title", "review_headline", "review_body"),
+                "sentences": ("sentence",), "headlines": ("headline",)}
+
+
+def _save_texts(directory: Path, catalog: pd.DataFrame, sentences: pd.DataFrame,
+                headlines: pd.DataFrame | None) -> list[str]:
+    written = []
+    for table, frame in (("catalog", catalog), ("sentences", sentences), ("headlines", headlines)):
+        if frame is None:
+            continue
+        for column in STORED_TEXTS[table]:
+            for path in write_texts(directory / "texts", f"{table}.{column}", frame[column].tolist()):
+                written.append(path.relative_to(directory).as_posix())
+    return written
+
+
+def add_serving_files(directory: str | Path) -> list[str]:
+    """Give a float16 graph model dir written before them the files that a fit now writes for serving:
+    the int8 codes (knn.quantized_vectors) and the stored texts (knn.stored_texts), so that it is
+    served like a new one. The manifest is checked first and rewritten last. Returns the files added
+    (none when there is nothing to add)."""
     directory = Path(directory)
     manifest = verify_model_dir(directory)
     files = manifest["files"]
     added = []
-    if manifest_vector_dtype(manifest) != "float16":
+    if manifest_vector_dtype(manifest) != "float16" or manifest.get("index_kind") != "graph":
         return added
     for prefix, kind in (("", manifest.get("index_kind")), ("headline_", manifest.get("headline_index_kind"))):
         if kind != "graph" or f"{prefix}vectors.npy" not in files or f"{prefix}vector_codes.npy" in files:
@@ -148,9 +175,13 @@ def add_vector_codes(directory: str | Path) -> list[str]:
         codes, scales = quantize(np.load(directory / f"{prefix}vectors.npy", allow_pickle=False, mmap_mode="r"))
         for name, array in (("vector_codes.npy", codes), ("vector_scales.npy", scales)):
             np.save(directory / f"{prefix}{name}", array, allow_pickle=False)
-            files[f"{prefix}{name}"] = {"sha256": file_sha256(directory / f"{prefix}{name}"),
-                                        "bytes": (directory / f"{prefix}{name}").stat().st_size}
             added.append(f"{prefix}{name}")
+    if not any(name.startswith("texts/") for name in files):
+        headlines = pd.read_parquet(directory / "headlines.parquet") if "headlines.parquet" in files else None
+        added += _save_texts(directory, pd.read_parquet(directory / "catalog.parquet"),
+                             pd.read_parquet(directory / "sentences.parquet"), headlines)
+    for name in added:
+        files[name] = {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
     if added:
         temporary = directory / (MANIFEST + ".tmp")
         temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -245,6 +276,38 @@ def _load_vectors(directory: Path, prefix: str, vector_dtype: str, listed: dict)
     return np.load(path, allow_pickle=False)
 
 
+def _stored_texts(directory: Path, listed: dict) -> dict[str, StoredTexts]:
+    """The model dir's stored text columns (graph models), by "table.column"; {} when it has none."""
+    texts = {}
+    for table, columns in STORED_TEXTS.items():
+        for column in columns:
+            name = f"{table}.{column}"
+            if all(f"texts/{f}" in listed for f in text_files(name)):
+                try:
+                    texts[name] = StoredTexts(directory / "texts", name)
+                except (OSError, ValueError) as exc:
+                    raise ModelDirError(f"{directory}: cannot read the stored texts {name} ({exc}); "
+                                        "rebuild the model") from None
+    return texts
+
+
+def _read_table(directory: Path, table: str, texts: dict[str, StoredTexts]) -> pd.DataFrame:
+    """A table, without the columns that are stored texts (those are read per row when shown)."""
+    path = directory / f"{table}.parquet"
+    stored = {name.split(".", 1)[1] for name in texts if name.startswith(table + ".")}
+    if not stored:
+        return pd.read_parquet(path)
+    import pyarrow.parquet as pq
+
+    columns = [name for name in pq.read_schema(path).names if name not in stored]
+    frame = pd.read_parquet(path, columns=columns)
+    for column in stored:
+        if len(texts[f"{table}.{column}"]) != len(frame):
+            raise ModelDirError(f"{directory}: {len(texts[f'{table}.{column}'])} stored {column} texts for "
+                                f"{len(frame)} rows of {table}; rebuild the model")
+    return frame
+
+
 def _compile_graph_walk_meanwhile(directory: Path) -> None:
     """A model searched by float16 graph walks: their numba kernels compile (or load from numba's cache)
     on a thread of their own while this process checks and loads the files (knn.float16_graph).
@@ -266,10 +329,12 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     _compile_graph_walk_meanwhile(directory)
     manifest = verify_model_dir(directory)
     vector_dtype = manifest_vector_dtype(manifest)
+    listed = manifest.get("files") or {}
+    texts = _stored_texts(directory, listed)
     try:
-        catalog = pd.read_parquet(directory / "catalog.parquet")
-        sentences = pd.read_parquet(directory / "sentences.parquet")
-        vectors = _load_vectors(directory, "", vector_dtype, manifest.get("files") or {})
+        catalog = _read_table(directory, "catalog", texts)
+        sentences = _read_table(directory, "sentences", texts)
+        vectors = _load_vectors(directory, "", vector_dtype, listed)
     except Exception as exc:  # a verified file that still fails to parse was written wrongly
         raise ModelDirError(f"{directory}: cannot read the model's data ({exc}); rebuild the model") from None
     if len(vectors) != len(sentences):
@@ -279,11 +344,10 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
                             "rebuild the model")
     # The graphs first: their loading is the peak of this function's memory, lower before the tables.
     index = load_index(manifest["index_kind"], directory / "index", vectors)
-    listed = manifest.get("files") or {}
     headlines = headline_vectors = headline_index = None
     if "headlines.parquet" in listed:
         try:
-            headlines = pd.read_parquet(directory / "headlines.parquet")
+            headlines = _read_table(directory, "headlines", texts)
             headline_vectors = _load_vectors(directory, "headline_", vector_dtype, listed)
         except Exception as exc:
             raise ModelDirError(f"{directory}: cannot read the model's headlines ({exc}); rebuild the model") from None
@@ -302,6 +366,8 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
                                          ("passages", n_passages, lambda: passage_documents(sentences, headlines))):
         if "lexical/" + LexicalIndex.files(name)[0] in listed:
             lexical[name] = LexicalIndex.load(directory / "lexical", name, n_documents)
+        elif texts:
+            raise ModelDirError(f"{directory}: the BM25 index of {name} is missing; rebuild the model")
         else:
             log.info("%s has no BM25 index of %s (built by an older version); building it", directory, name)
             lexical[name] = LexicalIndex.build(documents())
@@ -310,5 +376,6 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
         raise ModelDirError(f"{directory}: the manifest says the sentences were embedded at {manifest_precision(manifest)} "
                             f"but encoder/ is {encoder.precision}; rebuild the model")
     log.info("model loaded from %s: %s", directory, manifest["counts"])
-    corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"])
+    corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"],
+                    texts or None)
     return ProductSearch(encoder, index, corpus, headline_index=headline_index)

@@ -44,6 +44,7 @@ from knn.index import VectorIndex, similarities
 from knn.lexical import LexicalIndex
 from knn.quantized_vectors import QuantizedVectors
 from knn.sentences import split_sentences
+from knn.stored_texts import StoredTexts
 
 CANDIDATES_PER_SENTENCE = 64
 # Rows per block where all passage vectors are read once (pair and review norms): a block's float32
@@ -110,6 +111,14 @@ class Corpus:
     headline_vectors: np.ndarray | None = None  # float16 or float32 (len(headlines), dimensions), unit rows
     lexical: LexicalIndex | None = None  # BM25 over reviews, one document per catalog row
     passage_lexical: LexicalIndex | None = None  # BM25 over passages: sentences rows, then headlines rows
+    # Text columns kept out of the tables above, read a row at a time ("catalog.review_body", ...:
+    # knn.stored_texts; a loaded graph model's); absent ones are in their table.
+    texts: dict[str, StoredTexts] | None = None
+
+    def text_column(self, table: str, column: str):
+        """A text column: stored (StoredTexts) or its table's (a pandas Series)."""
+        stored = (self.texts or {}).get(f"{table}.{column}")
+        return stored if stored is not None else getattr(self, table)[column]
 
 
 # Negation cues ("never leaks" must not match "it leaks" as well as "it doesn't leak"); the
@@ -125,14 +134,19 @@ _WORD_CHARACTERS = str.maketrans({**{chr(c): " " for c in range(128) if not (chr
 
 def negated(texts) -> np.ndarray:
     """Whether each text holds a negation word (bool array)."""
-    if not hasattr(texts, "iloc"):
+    if not hasattr(texts, "iloc") and not isinstance(texts, StoredTexts):
         texts = list(texts)
     return np.fromiter((not NEGATION_WORDS.isdisjoint(str(text).lower().translate(_WORD_CHARACTERS).split())
                         for text in _one_by_one(texts)), dtype=bool, count=len(texts))
 
 
 def _one_by_one(texts):
-    """The texts of a list, or of a Series a block at a time (not a million Python strings at once)."""
+    """The texts of a list, or of a Series or StoredTexts a block at a time (not a million Python
+    strings at once)."""
+    if isinstance(texts, StoredTexts):
+        for block in texts.blocks(_BLOCK_ROWS):
+            yield from block
+        return
     if not hasattr(texts, "iloc"):
         yield from texts
         return
@@ -143,9 +157,9 @@ def _one_by_one(texts):
 class _Passages:
     """One kind of passage (body sentences or headlines): vectors, owners, weights, nearest-neighbour index."""
 
-    def __init__(self, texts: pd.Series, vectors: np.ndarray, review_rows: np.ndarray, product_of_review: np.ndarray,
-                 n_products: int, index: VectorIndex | None, ranking: Ranking):
-        self.texts = texts.reset_index(drop=True)
+    def __init__(self, texts: pd.Series | StoredTexts, vectors: np.ndarray, review_rows: np.ndarray,
+                 product_of_review: np.ndarray, n_products: int, index: VectorIndex | None, ranking: Ranking):
+        self.texts = texts if isinstance(texts, StoredTexts) else texts.reset_index(drop=True)
         self.vectors = vectors
         self.review = np.asarray(review_rows, dtype=np.int64)
         self.product = product_of_review[self.review]
@@ -153,12 +167,15 @@ class _Passages:
         self.by_product = np.argsort(self.product, kind="stable")
         counts = np.bincount(self.product, minlength=n_products)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
-        words = self.texts.str.count(r"[^\W_]+").to_numpy() if len(self.texts) else np.zeros(0, int)
+        words = _word_counts(self.texts)
         self.weight = np.where(words <= ranking.short_words, ranking.short_weight, 1.0).astype(np.float32)
         self.negated = negated(self.texts) if ranking.negation_penalty else None
 
     def __len__(self) -> int:
         return len(self.review)
+
+    def text(self, row: int) -> str:
+        return self.texts[row] if isinstance(self.texts, StoredTexts) else str(self.texts.iat[row])
 
     def rows_of(self, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The passage rows of `products` and, for each, the position of its product in `products`."""
@@ -189,11 +206,11 @@ class ProductSearch:
         self._product_of_review = codes.astype(np.int64)
         self._ratings = catalog["star_rating"].to_numpy(np.int64)
         n_products = self._n_products
-        self._body = _Passages(corpus.sentences["sentence"], corpus.vectors, corpus.sentences["review_row"].to_numpy(),
+        self._body = _Passages(corpus.text_column("sentences", "sentence"), corpus.vectors, corpus.sentences["review_row"].to_numpy(),
                                self._product_of_review, n_products, index, ranking)
         self._sources = [self._body]
         if ranking.headlines and corpus.headlines is not None and corpus.headline_vectors is not None and headline_index is not None:
-            self._sources.append(_Passages(corpus.headlines["headline"], corpus.headline_vectors,
+            self._sources.append(_Passages(corpus.text_column("headlines", "headline"), corpus.headline_vectors,
                                            corpus.headlines["review_row"].to_numpy(), self._product_of_review,
                                            n_products, headline_index, ranking))
         self._eligible_all = np.unique(np.concatenate([source.product for source in self._sources]))
@@ -468,21 +485,37 @@ class ProductSearch:
         """The review row, the matched passage's text and its field ("body" or "headline") for a
         product whose best passage is (kind, row). A headline is shown as the headline it is."""
         source = self._sources[kind]
-        return int(source.review[row]), str(source.texts.iat[row]), "body" if kind == 0 else "headline"
+        return int(source.review[row]), source.text(row), "body" if kind == 0 else "headline"
+
+    def _catalog_text(self, name: str, review_row: int) -> str:
+        stored = (self.corpus.texts or {}).get(f"catalog.{name}")
+        if stored is not None:
+            return stored[review_row]
+        return str(self.corpus.catalog.iat[review_row, self._columns[name]])
 
     def _result(self, review_row: int, sentence: str, field: str, score: float) -> dict:
-        catalog, column = self.corpus.catalog, self._columns
+        catalog, column, text = self.corpus.catalog, self._columns, self._catalog_text
         return {
-            "review_id": str(catalog.iat[review_row, column["review_id"]]),
+            "review_id": text("review_id", review_row),
             "product_id": str(catalog.iat[review_row, column["product_id"]]),
-            "product_title": str(catalog.iat[review_row, column["product_title"]]),
+            "product_title": text("product_title", review_row),
             "star_rating": int(catalog.iat[review_row, column["star_rating"]]),
-            "review_headline": str(catalog.iat[review_row, column["review_headline"]]),
-            "review_body": str(catalog.iat[review_row, column["review_body"]]),
+            "review_headline": text("review_headline", review_row),
+            "review_body": text("review_body", review_row),
             "product_search_score": round(score, 6),
             "matched_sentence": sentence,
             "matched_field": field,
         }
+
+
+def _word_counts(texts) -> np.ndarray:
+    """Words in each passage (runs of letters and digits), a block at a time for stored texts."""
+    if not len(texts):
+        return np.zeros(0, int)
+    if not isinstance(texts, StoredTexts):
+        return texts.str.count(r"[^\W_]+").to_numpy()
+    return np.concatenate([pd.Series(block, dtype="str").str.count(r"[^\W_]+").to_numpy()
+                           for block in texts.blocks(_BLOCK_ROWS)])
 
 
 def _float32_rows(vectors, begin: int, end: int) -> np.ndarray:

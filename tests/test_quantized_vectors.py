@@ -1,5 +1,6 @@
-"""knn.quantized_vectors: int8 codes walked and ranked, float16 rows read from the file for exact scores,
-and graph model dirs that serve them (and older ones given them)."""
+"""knn.quantized_vectors and knn.stored_texts: int8 codes walked and ranked, float16 rows and texts read
+from their files when needed, and graph model dirs that serve them (and older ones given them)."""
+import html
 import json
 import shutil
 from pathlib import Path
@@ -107,10 +108,10 @@ def graph_model_dir(tmp_path_factory):
 
 
 def _without_codes(source: Path, target: Path) -> Path:
-    """A copy of a model dir as written before the int8 codes."""
+    """A copy of a model dir as written before the int8 codes and the stored texts."""
     shutil.copytree(source, target)
     manifest = json.loads((target / "manifest.json").read_text())
-    for name in [n for n in manifest["files"] if "vector_codes" in n or "vector_scales" in n]:
+    for name in [n for n in manifest["files"] if "vector_codes" in n or "vector_scales" in n or n.startswith("texts/")]:
         del manifest["files"][name]
         (target / name).unlink()
     (target / "manifest.json").write_text(json.dumps(manifest))
@@ -126,30 +127,61 @@ def test_a_graph_model_serves_int8_codes_and_answers_like_float16(graph_model_di
     search = load_model_dir(graph_model_dir)
     assert isinstance(search.corpus.vectors, QuantizedVectors)
     assert isinstance(search.corpus.headline_vectors, QuantizedVectors)
+    assert "review_body" not in search.corpus.catalog and "sentence" not in search.corpus.sentences  # stored texts
     older = load_model_dir(_without_codes(graph_model_dir, tmp_path / "older"))
     assert older.corpus.vectors.dtype == np.float16 and not isinstance(older.corpus.vectors, QuantizedVectors)
+    assert older.corpus.texts is None and "review_body" in older.corpus.catalog
+    catalog = older.corpus.catalog.set_index("review_id")
+    fields = ["product_id", "product_title", "star_rating", "review_headline", "review_body"]
     for item in json.loads((FIXTURES / "queries.json").read_text()):
         new, old = search.search(item["query"], 3), older.search(item["query"], 3)
         assert [r["product_id"] for r in new] == [r["product_id"] for r in old], item["query"]
         for a, b in zip(new, old):
             assert abs(a["product_search_score"] - b["product_search_score"]) < 0.01
+            # the stored texts show the review's own fields (int8 scores may pick another review of a
+            # product when two passages are within the codes' rounding)
+            assert [a[f] for f in fields] == [catalog.loc[a["review_id"], f] for f in fields]
+            shown = a["review_body"] if a["matched_field"] == "body" else a["review_headline"]
+            assert a["matched_sentence"] in html.unescape(shown)  # sentences are split from unescaped text
+    np.testing.assert_array_equal(search._body.weight, older._body.weight)  # word counts from the stored texts
+    np.testing.assert_array_equal(search._body.negated, older._body.negated)
     maps = mapped_files()
     assert str(graph_model_dir / "vector_codes.npy") in maps
     assert str(graph_model_dir / "vectors.npy") not in maps and str(graph_model_dir / "headline_vectors.npy") not in maps
 
 
 def test_a_model_dir_written_before_the_codes_is_given_them(graph_model_dir, tmp_path):
-    from knn.model_dir import add_vector_codes, load_model_dir, verify_model_dir
+    from knn.model_dir import add_serving_files, load_model_dir, verify_model_dir
 
     older = _without_codes(graph_model_dir, tmp_path / "older")
-    added = add_vector_codes(older)
-    assert sorted(added) == ["headline_vector_codes.npy", "headline_vector_scales.npy", "vector_codes.npy",
-                             "vector_scales.npy"]
+    added = add_serving_files(older)
+    written = json.loads((graph_model_dir / "manifest.json").read_text())["files"]
+    assert sorted(added) == sorted(n for n in written if "vector_codes" in n or "vector_scales" in n or
+                                   n.startswith("texts/"))
+    assert "texts/catalog.review_body.txt" in added and "headline_vector_codes.npy" in added
     verify_model_dir(older)
     for name in added:  # the very files a fit writes
         assert (older / name).read_bytes() == (graph_model_dir / name).read_bytes()
-    assert isinstance(load_model_dir(older).corpus.vectors, QuantizedVectors)
-    assert add_vector_codes(older) == []
+    loaded = load_model_dir(older)
+    assert isinstance(loaded.corpus.vectors, QuantizedVectors) and "catalog.review_body" in loaded.corpus.texts
+    assert add_serving_files(older) == []
+
+
+def test_stored_texts_read_rows_and_blocks_and_refuse_a_changed_file(tmp_path):
+    from knn.stored_texts import StoredTexts, write_texts
+
+    texts = ["first", "", "naïve café ☕", "x" * 5000, "last one"]
+    write_texts(tmp_path, "t.column", texts)
+    stored = StoredTexts(tmp_path, "t.column")
+    assert len(stored) == 5 and [stored[i] for i in range(5)] == texts
+    assert [t for block in stored.blocks(2) for t in block] == texts
+    assert stored.offsets.dtype == np.uint32
+    with pytest.raises(IndexError):
+        stored[5]
+    assert "t.column.txt" not in mapped_files()
+    (tmp_path / "t.column.txt").write_bytes(b"short")
+    with pytest.raises(ValueError, match="offsets do not fit"):
+        StoredTexts(tmp_path, "t.column")
 
 
 def test_kernels_compiled_in_background_for_codes_are_the_ones_a_served_query_calls(graph_model_dir):
