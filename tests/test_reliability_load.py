@@ -63,7 +63,8 @@ def queries(model_dir):
     from knn.model_dir import load_model_dir
 
     search = load_model_dir(model_dir, threads=1)
-    sentences, catalog = search.corpus.sentences, search.corpus.catalog
+    # the tables of record (a served graph model reads its texts a row at a time: knn.stored_texts)
+    sentences, catalog = pd.read_parquet(model_dir / "sentences.parquet"), pd.read_parquet(model_dir / "catalog.parquet")
     chosen = []
     for row in np.random.default_rng(11).permutation(len(sentences)):
         sentence = sentences["sentence"].iloc[row]
