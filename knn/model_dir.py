@@ -308,6 +308,29 @@ def _read_table(directory: Path, table: str, texts: dict[str, StoredTexts]) -> p
     return frame
 
 
+def _hand_back_freed_memory() -> None:
+    """Return to the system what loading freed but the allocators keep: Arrow's pool (the tables' read
+    buffers) and glibc's heap (malloc_trim). At 1M sentences a worker then holds 63 MB less (672 -> 609
+    MB anonymous after load, measured); the workers of one endpoint each pay it. A no-op where glibc is
+    not the C library."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        import pyarrow
+
+        pyarrow.default_memory_pool().release_unused()
+    except Exception as exc:  # an Arrow without release_unused: keep what it keeps
+        log.debug("arrow pool not released: %s", exc)
+    name = ctypes.util.find_library("c")
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
 def _compile_graph_walk_meanwhile(directory: Path) -> None:
     """A model searched by float16 graph walks: their numba kernels compile (or load from numba's cache)
     on a thread of their own while this process checks and loads the files (knn.float16_graph).
@@ -378,4 +401,6 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     log.info("model loaded from %s: %s", directory, manifest["counts"])
     corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"],
                     texts or None)
-    return ProductSearch(encoder, index, corpus, headline_index=headline_index)
+    search = ProductSearch(encoder, index, corpus, headline_index=headline_index)
+    _hand_back_freed_memory()
+    return search
