@@ -120,6 +120,10 @@ def toys_model_dir(reviews: str | Path, work_dir: str | Path | None = None, thre
     if not (directory / "manifest.json").is_file():
         print(f"building the model of {reviews} into {directory} (once; about 1-2 minutes)", flush=True)
         build_model_dir(reviews, directory, threads=threads)
+    else:
+        from knn.model_dir import add_serving_files
+
+        add_serving_files(directory)  # one built before the int8 codes and stored texts gets them, as a fit writes them
     return directory
 
 

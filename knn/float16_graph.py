@@ -217,16 +217,23 @@ def compile_in_background(rows: str = "float16") -> None:
     _BACKGROUND.start()
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
 def _compile_for_read_only_rows(rows: str = "float16") -> None:
+    """The kernels typed as a loaded model's arrays are: its rows (float16 bits or int8 codes), the
+    graph's neighbour lists and the tree's offsets, children and point indices mapped read-only from
+    the model dir (knn.mapped_npz); the compact hyperplanes and node rows made at load, writable."""
     walk, dots = float16_kernels()
-    bits = np.zeros((1, 1), np.int8 if rows == "int8" else np.int16)
-    bits.flags.writeable = False
+    bits = _read_only(np.zeros((1, 1), np.int8 if rows == "int8" else np.int16))
     one = np.zeros((1, 1), np.float32)
-    i32 = np.zeros(1, np.int32)
     walk(bits, one, one.copy(), np.int64(1), np.float32(0.0), np.zeros(1, np.uint8), np.zeros(2, np.float32),
-         np.zeros(2, np.int32), np.zeros(3, np.int64), i32, i32.copy(), np.zeros((1, 1, 1), np.float32),
-         np.zeros((1, 1), np.int32), np.zeros((1, 1), np.float32), np.full((1, 1, 2), -1, np.int32),
-         np.zeros((1, 1), np.int32), np.int64(0), np.int64(1), np.int64(0), np.float32(0.0),
+         np.zeros(2, np.int32), np.zeros(3, np.int64), _read_only(np.zeros(1, np.int32)),
+         _read_only(np.zeros(1, np.int32)), np.zeros((1, 1, 1), np.float32), np.zeros((1, 1), np.int32),
+         _read_only(np.zeros((1, 1), np.float32)), _read_only(np.full((1, 1, 2), -1, np.int32)),
+         _read_only(np.zeros((1, 1), np.int32)), np.int64(0), np.int64(1), np.int64(0), np.float32(0.0),
          np.full((1, 1), -1, np.int32))
     dots(bits, np.zeros(1, np.int64), one, np.zeros((1, 1), np.float32))
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +48,7 @@ import numpy as np
 from knn.cached_nn_descent import route_cosine_builds
 from knn.errors import IndexFileError
 from knn.float16_graph import WIDEN, Float16Graph, float16_kernels
+from knn.mapped_npz import load_npz
 from knn.numba_cache import ensure_numba_cache_dir
 from knn.quantized_vectors import BLOCK_ROWS as _FILE_BLOCK_ROWS, QuantizedVectors
 
@@ -329,11 +331,13 @@ class GraphIndex:
         from importlib.metadata import version
 
         installed = version("pynndescent")  # not imported: serving float16 rows never needs it
+        # Walked by Float16Graph (float16 rows or int8 codes): the arrays are mapped read-only, one copy
+        # for all the workers of a machine (knn.mapped_npz); pynndescent (float32 rows) gets them read.
+        mapped = vectors.dtype == np.float16
         try:
             meta = json.loads((directory / _STATE_FILE).read_text())
-            with np.load(directory / _ARRAYS_FILE, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, KeyError) as exc:
+            arrays = load_npz(directory / _ARRAYS_FILE, mapped=mapped)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise IndexFileError(f"cannot read the graph index in {directory}: {exc}; rebuild the model") from None
         if meta.get("format") != _FORMAT or meta.get("pynndescent") != installed:
             raise IndexFileError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,6 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from knn.errors import IndexFileError
+from knn.mapped_npz import load_npz
 from knn.sentences import clean_text
 
 K1 = 1.2
@@ -183,15 +185,15 @@ class LexicalIndex:
         arrays_file, vocabulary_file = cls.files(name)
         try:
             meta = json.loads((directory / vocabulary_file).read_text())
-            with np.load(directory / arrays_file, allow_pickle=False) as npz:
-                shape = tuple(int(x) for x in npz["shape"])
-                indices, indptr = npz["indices"], npz["indptr"]
-                if len(indices) < 2 ** 31 and indices.dtype == np.int32:
-                    # indptr is saved as int64: with int32 indices scipy would copy them to int64 (at 1M
-                    # passages and their reviews: 93 MB more held); all-int32 arrays are kept as loaded
-                    indptr = indptr.astype(np.int32)
-                matrix = csc_array((npz["data"], indices, indptr), shape=shape)
-        except (OSError, ValueError, KeyError) as exc:
+            npz = load_npz(directory / arrays_file)  # mapped read-only: one copy for a machine's workers
+            shape = tuple(int(x) for x in npz["shape"])
+            indices, indptr = npz["indices"], npz["indptr"]
+            if len(indices) < 2 ** 31 and indices.dtype == np.int32:
+                # indptr is saved as int64: with int32 indices scipy would copy them to int64 (at 1M
+                # passages and their reviews: 93 MB more held); all-int32 arrays are kept as loaded
+                indptr = indptr.astype(np.int32)
+            matrix = csc_array((npz["data"], indices, indptr), shape=shape)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise IndexFileError(f"cannot read the lexical index {name} in {directory}: {exc}; rebuild the model") from None
         if meta.get("format") != _FORMAT or shape[0] != n_documents or shape[1] != len(meta.get("vocabulary", ())):
             raise IndexFileError(f"the lexical index {name} in {directory} does not match the model's data; rebuild the model")

@@ -3,6 +3,7 @@ from their files when needed, and graph model dirs that serve them (and older on
 import html
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,26 @@ def test_kernels_compiled_in_background_for_codes_are_the_ones_a_served_query_ca
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["1", "1"]
+
+
+def test_npz_arrays_are_mapped_read_only_and_equal_what_numpy_reads(tmp_path):
+    from knn.mapped_npz import load_npz
+
+    arrays = {"ints": np.arange(1000, dtype=np.int32), "planes": unit_vectors(50, d=8), "empty": np.zeros((0, 3)),
+              "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)), "scalar": np.int64(7)}
+    np.savez(tmp_path / "plain.npz", **arrays)
+    np.savez_compressed(tmp_path / "packed.npz", **arrays)
+    for name in ("plain.npz", "packed.npz"):
+        loaded = load_npz(tmp_path / name)
+        assert sorted(loaded) == sorted(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(loaded[key], value)
+            assert loaded[key].dtype == np.asarray(value).dtype
+    plain, packed = load_npz(tmp_path / "plain.npz"), load_npz(tmp_path / "packed.npz")
+    assert not plain["ints"].flags.writeable and packed["ints"].flags.writeable
+    assert str(tmp_path / "plain.npz") in mapped_files()  # mapped, not read
+    assert str(tmp_path / "packed.npz") not in mapped_files()  # compressed members are read
+    assert load_npz(tmp_path / "plain.npz", mapped=False)["ints"].flags.writeable
+    (tmp_path / "broken.npz").write_bytes((tmp_path / "plain.npz").read_bytes()[:-100])
+    with pytest.raises((ValueError, OSError, zipfile.BadZipFile)):
+        load_npz(tmp_path / "broken.npz")
