@@ -367,7 +367,7 @@ def targets_of(data: dict) -> list[dict]:
         *([target(f"{data['workers']['count']} workers serving {serve_['sentences']:,} sentences, memory in all",
                   sum(data["workers"]["pss_bytes_each"]) / 1e9, TARGET_WORKERS_GB, "GB",
                   note="the sum of the workers' PSS (shared pages counted once), measured while all are alive "
-                       "after their queries; the mapped float16 vectors are one copy in the page cache")]
+                       "after their queries; the mapped int8 codes, graph and BM25 arrays are one copy in the page cache")]
           if "workers" in data else []),
         *([target(f"recall@10 against exact float32 search, {serve_['sentences']:,} sentences",
                   data["recall"]["recall_at_10_of_k64"], TARGET_RECALL, "", higher_is_better=True,
