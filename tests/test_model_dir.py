@@ -214,8 +214,9 @@ def test_vectors_not_in_the_manifest_dtype_are_refused(model_copy):
 
 def test_model_fn_pays_the_first_query_costs_before_serving(fixture_model_dir):
     """model_fn answers one warm-up query, so a fresh serving process has nltk's Punkt tokenizer and
-    Porter stemmer loaded and its search ready before the first request (checked in a fresh
-    interpreter: nothing loaded them before)."""
+    Porter stemmer loaded, the request checks (pydantic) imported and its search ready before the
+    first request, and the loaded model frozen out of the garbage collector's walks (checked in a
+    fresh interpreter: nothing loaded them before)."""
     import subprocess
     import sys
 
@@ -224,12 +225,12 @@ def test_model_fn_pays_the_first_query_costs_before_serving(fixture_model_dir):
     code = ("import sys; sys.path.insert(0, sys.argv[2]); import entry_point; "
             "from knn.sentences import _tokenizer; from knn.lexical import _stemmer; "
             "loaded = lambda: (_tokenizer.cache_info().currsize, _stemmer.cache_info().currsize); "
-            "assert loaded() == (0, 0); search = entry_point.model_fn(sys.argv[1]); "
-            "print(*loaded(), type(search).__name__)")
+            "assert loaded() == (0, 0) and 'pydantic' not in sys.modules; search = entry_point.model_fn(sys.argv[1]); "
+            "import gc; print(*loaded(), type(search).__name__, 'pydantic' in sys.modules, gc.get_freeze_count() > 0)")
     done = subprocess.run([sys.executable, "-c", code, str(fixture_model_dir), str(ROOT / "entry")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["1", "1", "ProductSearch"]
+    assert done.stdout.split() == ["1", "1", "ProductSearch", "True", "True"]
     assert "warm-up query answered in" in done.stderr
 
 
