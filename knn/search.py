@@ -103,8 +103,8 @@ BASELINE_RANKING = Ranking(lexical_weight=0.0, short_weight=1.0, headlines=False
 class Corpus:
     """The searchable data: reviews, their sentences, and the sentence vectors (row-aligned)."""
 
-    catalog: pd.DataFrame  # one row per review, knn.reviews.CATALOG_COLUMNS
-    sentences: pd.DataFrame  # columns: sentence (str), review_row (int, row of catalog)
+    catalog: pd.DataFrame  # one row per review, knn.reviews.CATALOG_COLUMNS (less the stored texts, below)
+    sentences: pd.DataFrame  # columns: sentence (str, unless stored), review_row (int, row of catalog)
     vectors: np.ndarray  # float16 (or float32: older model dirs) (len(sentences), dimensions), unit rows; a
     # loaded graph model's are QuantizedVectors (int8 codes ranked, float16 rows read for exact scores)
     headlines: pd.DataFrame | None = None  # columns: headline (str), review_row (int); kept headlines only
