@@ -48,7 +48,7 @@ import numpy as np
 from knn.cached_nn_descent import route_cosine_builds
 from knn.errors import IndexFileError
 from knn.float16_graph import WIDEN, Float16Graph, float16_kernels
-from knn.mapped_npz import load_npz
+from knn.mapped_npz import load_npz, save_npz
 from knn.numba_cache import ensure_numba_cache_dir
 from knn.quantized_vectors import BLOCK_ROWS as _FILE_BLOCK_ROWS, QuantizedVectors
 
@@ -321,8 +321,7 @@ class GraphIndex:
                 "attributes": scalars}
         state_path, arrays_path = directory / _STATE_FILE, directory / _ARRAYS_FILE
         state_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
-        with open(arrays_path, "wb") as handle:
-            np.savez(handle, **arrays)
+        save_npz(arrays_path, arrays)  # arrays 64-byte aligned: load maps them (knn.mapped_npz)
         return [state_path, arrays_path]
 
     @classmethod

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from knn.errors import IndexFileError
-from knn.mapped_npz import load_npz
+from knn.mapped_npz import load_npz, save_npz
 from knn.sentences import clean_text
 
 K1 = 1.2
@@ -171,9 +171,9 @@ class LexicalIndex:
         directory.mkdir(parents=True, exist_ok=True)
         matrix = self.weights
         arrays_path, vocabulary_path = (directory / f for f in self.files(name))
-        with open(arrays_path, "wb") as handle:
-            np.savez(handle, data=matrix.data.astype(np.float32), indices=matrix.indices.astype(np.int32),
-                     indptr=matrix.indptr.astype(np.int64), shape=np.asarray(matrix.shape, dtype=np.int64))
+        save_npz(arrays_path, {"data": matrix.data.astype(np.float32), "indices": matrix.indices.astype(np.int32),
+                               "indptr": matrix.indptr.astype(np.int64),
+                               "shape": np.asarray(matrix.shape, dtype=np.int64)})  # aligned: load maps them
         vocabulary_path.write_text(json.dumps({"format": _FORMAT, "k1": K1, "b": B, "vocabulary": self.vocabulary},
                                               ensure_ascii=False))
         return [arrays_path, vocabulary_path]

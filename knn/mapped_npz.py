@@ -6,9 +6,14 @@ worker of a machine, so they are mapped instead: the workers share one copy thro
 (at 1M sentences ~0.17 GB per extra worker). `np.savez` stores its members uncompressed, one `.npy`
 after another inside the zip, so each member's array is a contiguous run of the file; a compressed
 member (or one with Python objects) is read as `np.load` reads it.
+
+`save_npz` writes what `np.savez` writes (any `np.load` reads it), with each member's data starting on
+a 64-byte boundary (zip's extra field pads the local header, as Android's zipalign does): `np.savez`
+leaves arrays at arbitrary offsets, and a mapped array is then unaligned for its dtype.
 """
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
 from pathlib import Path
@@ -17,6 +22,27 @@ import numpy as np
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, 22 bytes of fields, file name length, extra length
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+_ALIGNMENT = 64  # the .npy header pads the array to a multiple of 64 bytes from the member's start
+_PADDING_ID = 0xD935  # the extra-field id zipalign uses for padding
+_ZIP64_EXTRA = 20  # what zipfile adds to a local header for a member of 4 GiB or more
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write `arrays` as an uncompressed `.npz` whose arrays start 64-byte aligned in the file."""
+    path = Path(path)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            data = buffer.getvalue()
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            header = _LOCAL_HEADER.size + len(info.filename.encode("utf-8")) + 4
+            header += _ZIP64_EXTRA if len(data) > zipfile.ZIP64_LIMIT else 0
+            padding = -(archive.fp.tell() + header) % _ALIGNMENT
+            info.extra = struct.pack("<HH", _PADDING_ID, padding) + bytes(padding)
+            archive.writestr(info, data)
+    return path
 
 
 def load_npz(path: str | Path, mapped: bool = True) -> dict[str, np.ndarray]:

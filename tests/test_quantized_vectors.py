@@ -223,3 +223,20 @@ def test_npz_arrays_are_mapped_read_only_and_equal_what_numpy_reads(tmp_path):
     (tmp_path / "broken.npz").write_bytes((tmp_path / "plain.npz").read_bytes()[:-100])
     with pytest.raises((ValueError, OSError, zipfile.BadZipFile)):
         load_npz(tmp_path / "broken.npz")
+
+
+def test_saved_npz_arrays_start_aligned_and_read_as_numpy_reads_them(tmp_path):
+    """np.savez leaves arrays at any offset (a mapped one is then unaligned for its dtype); save_npz
+    pads each member's local header so every array starts on a 64-byte boundary."""
+    from knn.mapped_npz import load_npz, save_npz
+
+    arrays = {"indices": np.arange(1001, dtype=np.int32), "planes": unit_vectors(7, d=5),
+              "a_much_longer_member_name": np.arange(13, dtype=np.int64), "shape": np.asarray([3, 4])}
+    save_npz(tmp_path / "aligned.npz", arrays)
+    mapped, numpy_read = load_npz(tmp_path / "aligned.npz"), np.load(tmp_path / "aligned.npz", allow_pickle=False)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(mapped[key], value)
+        np.testing.assert_array_equal(numpy_read[key], value)
+        assert mapped[key].ctypes.data % 64 == 0 and not mapped[key].flags.writeable
+    np.savez(tmp_path / "numpys.npz", **arrays)  # numpy's own: mapped too, but not all aligned
+    assert not all(a.ctypes.data % 64 == 0 for a in load_npz(tmp_path / "numpys.npz").values())
