@@ -120,9 +120,10 @@ def similarities(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray | No
     """queries . vectors[rows].T (all rows when None), (n_queries, n_rows), computed in float32.
 
     float16 vectors are never upcast as a whole: a cached numba kernel widens each row's float16 bits
-    as it reads them (knn.float16_graph). QuantizedVectors are scored from their float16 rows, read
-    from the file (the rows asked for, or a block at a time), never from their int8 codes. Measured at 200k x 384, one query: 20 ms, where numpy's
-    float16 -> float32 conversion alone takes ~300 ms (~4 ns a component) and float32 BLAS 50-60 ms."""
+    as it reads them (knn.float16_graph). Measured at 200k x 384, one query: 20 ms, where numpy's
+    float16 -> float32 conversion alone takes ~300 ms (~4 ns a component) and float32 BLAS 50-60 ms.
+    QuantizedVectors are scored from their float16 rows, read from the file (the rows asked for, or a
+    block at a time), never from their int8 codes."""
     queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if isinstance(vectors, QuantizedVectors):  # exact: the float16 rows, read from their file
         if rows is not None:
