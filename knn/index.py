@@ -28,7 +28,9 @@ component as it reads it.
 
 pynndescent cannot walk float16 rows (numba has no float16 on the CPU), so over float16 rows the
 graph is walked by `knn.float16_graph.Float16Graph`, pynndescent's own search as a cached numba
-kernel over the float16 bits (same graph files).
+kernel over the float16 bits (same graph files). A loaded graph model's vectors are
+`knn.quantized_vectors.QuantizedVectors`: the same walk reads their int8 codes, and the candidates
+are re-scored from the float16 rows read from the file.
 Measured by bench/vector_dtype_bench.py (200k synthetic 384-d vectors, one graph, queries one at a
 time, 2 busy cores): vectors 307 -> 154 MB; recall@10 against exact float32 search 0.993 either way;
 graph latency that of pynndescent over float32 (p50/p99 ms, k=10: 0.345/1.73 vs 0.338/1.86; k=64:
