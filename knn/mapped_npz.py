@@ -27,6 +27,14 @@ _PADDING_ID = 0xD935  # the extra-field id zipalign uses for padding
 _ZIP64_EXTRA = 20  # what zipfile adds to a local header for a member of 4 GiB or more
 
 
+def read_npy_header(handle) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """The `.npy` header at `handle`'s position: (shape, fortran_order, dtype, the array's file offset)."""
+    version = np.lib.format.read_magic(handle)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = reader(handle)
+    return shape, fortran_order, dtype, handle.tell()
+
+
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write `arrays` as an uncompressed `.npz` whose arrays start 64-byte aligned in the file."""
     path = Path(path)
@@ -68,10 +76,7 @@ def _mapped_member(path: Path, handle, info: zipfile.ZipInfo) -> np.ndarray | No
         raise ValueError(f"{path}: member {info.filename} has no local header")
     start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
     handle.seek(start)
-    version = np.lib.format.read_magic(handle)
-    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = reader(handle)
-    offset = handle.tell()
+    shape, fortran_order, dtype, offset = read_npy_header(handle)
     if dtype.hasobject:
         return None
     count = int(np.prod(shape, dtype=np.int64))

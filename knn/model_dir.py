@@ -106,7 +106,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         relative = path.relative_to(directory).as_posix()
         if relative == MANIFEST or relative.split("/")[0] in IGNORED_TOP_LEVEL:
             continue
-        files[relative] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        files[relative] = _file_entry(path)
     manifest = {
         "format_version": FORMAT_VERSION,
         "encoder_id": ENCODER_ID,
@@ -123,10 +123,19 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         "files": files,
         **extra,
     }
+    _write_manifest(directory, manifest)
+    return directory
+
+
+def _file_entry(path: Path) -> dict:
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    """Write the manifest whole or not at all (a temporary file, then a rename)."""
     temporary = directory / (MANIFEST + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     os.replace(temporary, directory / MANIFEST)
-    return directory
 
 
 def _save_vectors(directory: Path, prefix: str, vectors: np.ndarray, vector_dtype: str, index_kind: str) -> None:
@@ -181,11 +190,9 @@ def add_serving_files(directory: str | Path) -> list[str]:
         added += _save_texts(directory, pd.read_parquet(directory / "catalog.parquet"),
                              pd.read_parquet(directory / "sentences.parquet"), headlines)
     for name in added:
-        files[name] = {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
+        files[name] = _file_entry(directory / name)
     if added:
-        temporary = directory / (MANIFEST + ".tmp")
-        temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(temporary, directory / MANIFEST)
+        _write_manifest(directory, manifest)
     return added
 
 

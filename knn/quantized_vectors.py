@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from knn.mapped_npz import read_npy_header
+
 BLOCK_ROWS = 16_384  # rows quantized, or read for exact search, at a time (no copy of all of them)
 _NUMPY_MAX = 1 << 18  # values (rows x dimensions) scored with numpy; more go through the numba kernel
 
@@ -47,10 +49,7 @@ class FileRows:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         with open(self.path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = reader(handle)
-            self._start = handle.tell()
+            shape, fortran_order, dtype, self._start = read_npy_header(handle)
         if len(shape) != 2 or fortran_order or dtype.hasobject:
             raise ValueError(f"{self.path}: not a C-ordered 2-D array of numbers (shape {shape})")
         self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
