@@ -134,19 +134,14 @@ _WORD_CHARACTERS = str.maketrans({**{chr(c): " " for c in range(128) if not (chr
 
 def negated(texts) -> np.ndarray:
     """Whether each text holds a negation word (bool array)."""
-    if not hasattr(texts, "iloc") and not isinstance(texts, StoredTexts):
+    if not hasattr(texts, "iloc"):
         texts = list(texts)
     return np.fromiter((not NEGATION_WORDS.isdisjoint(str(text).lower().translate(_WORD_CHARACTERS).split())
                         for text in _one_by_one(texts)), dtype=bool, count=len(texts))
 
 
 def _one_by_one(texts):
-    """The texts of a list, or of a Series or StoredTexts a block at a time (not a million Python
-    strings at once)."""
-    if isinstance(texts, StoredTexts):
-        for block in texts.blocks(_BLOCK_ROWS):
-            yield from block
-        return
+    """The texts of a list, or of a Series a block at a time (not a million Python strings at once)."""
     if not hasattr(texts, "iloc"):
         yield from texts
         return
@@ -167,9 +162,8 @@ class _Passages:
         self.by_product = np.argsort(self.product, kind="stable")
         counts = np.bincount(self.product, minlength=n_products)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
-        words = _word_counts(self.texts)
+        words, self.negated = _words_and_negation(self.texts, bool(ranking.negation_penalty))
         self.weight = np.where(words <= ranking.short_words, ranking.short_weight, 1.0).astype(np.float32)
-        self.negated = negated(self.texts) if ranking.negation_penalty else None
 
     def __len__(self) -> int:
         return len(self.review)
@@ -508,14 +502,19 @@ class ProductSearch:
         }
 
 
-def _word_counts(texts) -> np.ndarray:
-    """Words in each passage (runs of letters and digits), a block at a time for stored texts."""
+def _words_and_negation(texts, negation: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Words in each passage (runs of letters and digits) and, when asked, whether it is negated;
+    stored texts are read once, a block at a time."""
     if not len(texts):
-        return np.zeros(0, int)
+        return np.zeros(0, int), (np.zeros(0, bool) if negation else None)
     if not isinstance(texts, StoredTexts):
-        return texts.str.count(r"[^\W_]+").to_numpy()
-    return np.concatenate([pd.Series(block, dtype="str").str.count(r"[^\W_]+").to_numpy()
-                           for block in texts.blocks(_BLOCK_ROWS)])
+        return texts.str.count(r"[^\W_]+").to_numpy(), (negated(texts) if negation else None)
+    words, flags = [], []
+    for block in texts.blocks(_BLOCK_ROWS):
+        words.append(pd.Series(block, dtype="str").str.count(r"[^\W_]+").to_numpy())
+        if negation:
+            flags.append(negated(block))
+    return np.concatenate(words), (np.concatenate(flags) if negation else None)
 
 
 def _float32_rows(vectors, begin: int, end: int) -> np.ndarray:
