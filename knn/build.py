@@ -10,7 +10,7 @@ import pandas as pd
 from knn.encoder import DEFAULT_PRECISION, check_precision, load_encoder
 from knn.encoder_export import encoder_model_path
 from knn.index import build_index
-from knn.lexical import LexicalIndex, kept_headline, passage_documents, review_documents
+from knn.lexical import LexicalIndex, kept_headline, passage_documents, review_documents, title_documents
 from knn.model_dir import save_model_dir
 from knn.reviews import read_reviews
 from knn.search import CANDIDATES_PER_SENTENCE, Corpus
@@ -30,14 +30,34 @@ def sentence_tables(catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, headline_table
 
 
+def product_titles(catalog: pd.DataFrame, sort: bool = True) -> pd.DataFrame:
+    """One row per product: product_id and the product_title of its first review (catalog order);
+    sorted by product_id (the order of knn.search's product codes) unless `sort` is False."""
+    first = catalog.drop_duplicates("product_id", keep="first")
+    titles = pd.DataFrame({"product_id": first["product_id"].astype(str).to_numpy(),
+                           "product_title": first["product_title"].fillna("").astype(str).to_numpy()})
+    return titles.sort_values("product_id", kind="stable", ignore_index=True) if sort else titles
+
+
 def build_corpus(catalog: pd.DataFrame, encoder, batch_size: int = 64) -> Corpus:
-    """Split every review body into sentences, keep the informative headlines, embed both; build BM25."""
+    """Split every review body into sentences, keep the informative headlines, take each product's
+    title; embed all three; build BM25 (reviews, passages, titles)."""
     table, headline_table = sentence_tables(catalog)
+    titles = product_titles(catalog)
     vectors = encoder.encode(table["sentence"].tolist(), batch_size=batch_size)
     headline_vectors = encoder.encode(headline_table["headline"].tolist(), batch_size=batch_size)
+    title_vectors = encoder.encode(titles["product_title"].tolist(), batch_size=batch_size)
+    return corpus_with_lexical(catalog, table, vectors, headline_table, headline_vectors, titles, title_vectors)
+
+
+def corpus_with_lexical(catalog, table, vectors, headline_table, headline_vectors, titles=None,
+                        title_vectors=None) -> Corpus:
+    """A Corpus of embedded tables, with its BM25 indexes built."""
     lexical = LexicalIndex.build(review_documents(catalog))
     passage_lexical = LexicalIndex.build(passage_documents(table, headline_table))
-    return Corpus(catalog, table, vectors, headline_table, headline_vectors, lexical, passage_lexical)
+    title_lexical = LexicalIndex.build(title_documents(titles)) if titles is not None else None
+    return Corpus(catalog, table, vectors, headline_table, headline_vectors, lexical, passage_lexical,
+                  titles=titles, title_vectors=title_vectors, title_lexical=title_lexical)
 
 
 def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind: str = "auto",

@@ -205,6 +205,11 @@ def review_documents(catalog) -> list[str]:
     return [f"{kept_headline(h)}\n{b}" for h, b in zip(catalog["review_headline"].tolist(), catalog["review_body"].tolist())]
 
 
+def title_documents(titles) -> list[str]:
+    """One lexical document per product: its title (knn.build.product_titles' rows)."""
+    return titles["product_title"].tolist()
+
+
 def passage_documents(sentences, headlines) -> list[str]:
     """One lexical document per passage: the body sentences, then the kept headlines (may be None)."""
     texts = sentences["sentence"].tolist()

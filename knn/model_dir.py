@@ -19,15 +19,20 @@ Layout:
     headline_vectors.npy   unit vectors, one row per headline, in the same dtype (and headline_vector_codes.npy,
                            headline_vector_scales.npy with a graph index)
     headline_index/        the headlines' graph index files (none for exact search)
+    titles.parquet         one row per product, sorted by product_id: product_id and its title (its first
+                           review's product_title)
+    title_vectors.npy      unit vectors, one row per title, in the same dtype; read a few rows at a time
+                           when served (the ranking's candidates'), never mapped or held whole
     texts/                 with a graph index: the text columns that answers show (knn.stored_texts: the
                            catalog's review_id, product_title, review_headline, review_body, each sentence and
                            headline) as UTF-8 plus row offsets, read a row at a time when served; the tables
                            above keep them too, but are then loaded without them
     lexical/               BM25 weights (knn.lexical), .npz + vocabulary JSON: reviews.* (one document
-                           per review) and passages.* (one per body sentence, then one per headline)
+                           per review), passages.* (one per body sentence, then one per headline) and
+                           titles.* (one per product)
 
 Model dirs written before headlines and BM25 existed still load: without headlines, and with the BM25
-index rebuilt from the catalog; those written before the encoder precision was recorded are float32;
+index rebuilt from the catalog; those written before titles load without the title signals; those written before the encoder precision was recorded are float32;
 those without "vector_dtype" store (and serve) float32 vectors.
 
 No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
@@ -95,10 +100,18 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         headline_index.save(directory / "headline_index")
         extra["headline_index_kind"] = headline_index.kind
         counts_extra["headlines"] = int(len(corpus.headlines))
+    if corpus.titles is not None and corpus.title_vectors is not None:
+        if len(corpus.title_vectors) != len(corpus.titles):
+            raise ValueError(f"{len(corpus.title_vectors)} title vectors for {len(corpus.titles)} titles")
+        corpus.titles.to_parquet(directory / "titles.parquet", index=False)
+        np.save(directory / "title_vectors.npy", compact_vectors(corpus.title_vectors, vector_dtype), allow_pickle=False)
+        counts_extra["titles"] = int(len(corpus.titles))
     if corpus.lexical is not None:
         corpus.lexical.save(directory / "lexical", "reviews")
     if corpus.passage_lexical is not None:
         corpus.passage_lexical.save(directory / "lexical", "passages")
+    if corpus.title_lexical is not None:
+        corpus.title_lexical.save(directory / "lexical", "titles")
     if index.kind == "graph":  # a big catalogue's layout: its texts are read per row when served
         _save_texts(directory, corpus.catalog, corpus.sentences, corpus.headlines)
     files = {}
@@ -353,6 +366,24 @@ def _compile_graph_walk_meanwhile(directory: Path) -> None:
         compile_in_background("int8" if "vector_codes.npy" in (manifest.get("files") or {}) else "float16")
 
 
+def _load_titles(directory: Path, listed: dict, vector_dtype: str, products: int):
+    """The title vectors (FileRows: rows read when asked for) and the titles' BM25, one row per product
+    in product_id order (titles.parquet itself is not read: the answers take titles from the catalog);
+    two Nones for model dirs written before titles."""
+    if "titles.parquet" not in listed:
+        log.info("%s has no product titles (built by an older version); rebuild it for the title ranking", directory)
+        return None, None
+    try:
+        vectors = FileRows(directory / "title_vectors.npy")
+        lexical = LexicalIndex.load(directory / "lexical", "titles", products)
+    except Exception as exc:  # a verified file that still fails to parse was written wrongly
+        raise ModelDirError(f"{directory}: cannot read the product titles ({exc}); rebuild the model") from None
+    if len(vectors) != products or vectors.dtype != np.dtype(vector_dtype):
+        raise ModelDirError(f"{directory}: title_vectors.npy holds {len(vectors)} {vectors.dtype} rows for {products} "
+                            f"products ({vector_dtype} expected); rebuild the model")
+    return vectors, lexical
+
+
 def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
     """Verify, then load a model dir into a ready ProductSearch."""
     directory = Path(directory)
@@ -401,13 +432,14 @@ def load_model_dir(directory: str | Path, threads: int = 1) -> ProductSearch:
         else:
             log.info("%s has no BM25 index of %s (built by an older version); building it", directory, name)
             lexical[name] = LexicalIndex.build(documents())
+    title_vectors, title_lexical = _load_titles(directory, listed, vector_dtype, int(catalog["product_id"].nunique()))
     encoder = load_encoder(directory / "encoder", threads=threads, verify=False)  # verified above
     if encoder.precision != manifest_precision(manifest):
         raise ModelDirError(f"{directory}: the manifest says the sentences were embedded at {manifest_precision(manifest)} "
                             f"but encoder/ is {encoder.precision}; rebuild the model")
     log.info("model loaded from %s: %s", directory, manifest["counts"])
     corpus = Corpus(catalog, sentences, vectors, headlines, headline_vectors, lexical["reviews"], lexical["passages"],
-                    texts or None)
+                    texts or None, title_vectors=title_vectors, title_lexical=title_lexical)
     search = ProductSearch(encoder, index, corpus, headline_index=headline_index)
     _hand_back_freed_memory()
     return search

@@ -20,7 +20,10 @@ alternatives and the commands):
    (headline + body) and each passage, divided by the BM25 of a full match (the sum of the query
    terms' idf), capped at 1: the rarity-weighted share of the query's words that a review, or one of
    its sentences, contains. A product takes its best review or passage.
-6. Score = dense + 0.5 x lexical (`product_search_score`); ties by product id. `matched_sentence`
+6. Title (a product's title names what it is, which review sentences often leave out: "it broke in a
+   day"): + 0.2 x the cosine of the title's vector to the query (the mean over query sentences) +
+   0.2 x the title's BM25 over a full match's (capped at 1), for every candidate.
+7. Score = dense + 0.5 x lexical + the title terms (`product_search_score`); ties by product id. `matched_sentence`
    is the product's best single passage (a body sentence or the headline) and `matched_field` says
    which ("body" or "headline").
 Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
@@ -42,7 +45,7 @@ import pandas as pd
 from knn.errors import QueryError
 from knn.index import VectorIndex, similarities
 from knn.lexical import LexicalIndex
-from knn.quantized_vectors import QuantizedVectors
+from knn.quantized_vectors import FileRows, QuantizedVectors
 from knn.sentences import split_sentences
 from knn.stored_texts import StoredTexts
 
@@ -73,12 +76,16 @@ class Ranking:
     review_weight: float = 0.0  # x similarity of the whole review (mean of its passage vectors), added per review
     second_weight: float = 0.0  # x the product's second-best review (another review saying it too), added
     window_weight: float = 1.0  # two adjacent body sentences as one more passage (sum of their vectors), x this
+    title_weight: float = 0.2  # x the similarity of the product's title to the query (mean over its sentences), added
+    title_lexical_weight: float = 0.2  # x BM25 of the title (divided by a full match's, capped at 1), added
 
     def __post_init__(self):
         if self.lexical_norm not in ("coverage", "max"):
             raise ValueError(f"lexical_norm must be 'coverage' or 'max', got {self.lexical_norm!r}")
         if self.lexical_weight < 0 or not 0 <= self.short_weight <= 1 or self.short_words < 0:
             raise ValueError(f"lexical_weight >= 0, 0 <= short_weight <= 1 and short_words >= 0 are required: {self}")
+        if self.title_weight < 0 or self.title_lexical_weight < 0:
+            raise ValueError(f"title_weight >= 0 and title_lexical_weight >= 0 are required: {self}")
 
     def replace(self, **changes) -> "Ranking":
         """A copy with some fields changed; values given as strings are converted (command lines)."""
@@ -96,7 +103,7 @@ class Ranking:
 
 # The seed's ranking (best body sentence, mean over query sentences), kept for comparisons.
 BASELINE_RANKING = Ranking(lexical_weight=0.0, short_weight=1.0, headlines=False, negation_penalty=0.0,
-                           window_weight=0.0)
+                           window_weight=0.0, title_weight=0.0, title_lexical_weight=0.0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,12 @@ class Corpus:
     # Text columns kept out of the tables above, read a row at a time ("catalog.review_body", ...:
     # knn.stored_texts; a loaded graph model's); absent ones are in their table.
     texts: dict[str, StoredTexts] | None = None
+    # One row per product, sorted by product_id (the order of ProductSearch's product codes): its title
+    # (product_id, product_title), the title's unit vector (an array, or knn.quantized_vectors.FileRows:
+    # rows read when asked for), and BM25 over the titles. None in model dirs written before titles.
+    titles: pd.DataFrame | None = None
+    title_vectors: object | None = None
+    title_lexical: LexicalIndex | None = None
 
     def text_column(self, table: str, column: str):
         """A text column: stored (StoredTexts) or its table's (a pandas Series)."""
@@ -216,6 +229,7 @@ class ProductSearch:
             raise ValueError(f"the lexical index has {self.lexical.n_documents} documents for {len(catalog)} reviews")
         self.passage_lexical = corpus.passage_lexical if ranking.lexical_weight > 0 else None
         self._review_rows = np.arange(len(catalog), dtype=np.int64)  # review-level BM25 documents -> reviews
+        self._title_vectors, self._title_lexical = self._titles(corpus, product_ids, ranking)
         if self.passage_lexical is not None:
             n_headlines = len(corpus.headlines) if corpus.headlines is not None else 0
             if self.passage_lexical.n_documents != len(corpus.sentences) + n_headlines:
@@ -230,6 +244,22 @@ class ProductSearch:
             # ... and straight to products (-1: none), so that BM25's hits need one gather, not two.
             self._product_of_passage = np.where(self._review_of_passage >= 0,
                                                 self._product_of_review[self._review_of_passage], -1).astype(np.int32)
+
+    @staticmethod
+    def _titles(corpus: Corpus, product_ids, ranking: Ranking):
+        """The title vectors and title BM25 the ranking uses (None where it gives them no weight or the
+        model has none): one row per product, in product-code order."""
+        if corpus.titles is not None and not pd.Index(corpus.titles["product_id"].astype(str)).equals(
+                pd.Index(product_ids).astype(str)):
+            raise ValueError(f"the {len(corpus.titles)} titles are not one per product ({len(product_ids)}) in "
+                             "product_id order")
+        vectors = corpus.title_vectors if ranking.title_weight > 0 else None
+        if vectors is not None and len(vectors) != len(product_ids):
+            raise ValueError(f"{len(vectors)} title vectors for {len(product_ids)} products")
+        lexical = corpus.title_lexical if ranking.title_lexical_weight > 0 else None
+        if lexical is not None and lexical.n_documents != len(product_ids):
+            raise ValueError(f"the title lexical index has {lexical.n_documents} documents for {len(product_ids)} products")
+        return vectors, lexical
 
     def _walker(self):
         """The one thread that walks the graphs beside BM25 (made at the first query that needs it)."""
@@ -312,6 +342,7 @@ class ProductSearch:
         scores, best_kind, best_row = self._score(candidates, query_vectors, allowed, query_negated)
         if lexical_by_product is not None:
             scores = scores + self.ranking.lexical_weight * lexical_by_product[candidates]
+        scores = scores + self._title_scores(candidates, query_vectors, query_text)
         keep = np.flatnonzero(np.isfinite(scores))
         order = keep[np.lexsort((candidates[keep], -scores[keep]))][offset:offset + n_items]
         return [self._result(*self._shown(int(best_kind[i]), int(best_row[i])), float(scores[i])) for i in order]
@@ -365,6 +396,23 @@ class ProductSearch:
             np.maximum.at(by_product, products, normalised.astype(np.float32))
             candidates.append(products[_best_first(scores, self.candidates_per_sentence)])
         return by_product, (np.concatenate(candidates) if candidates else np.zeros(0, np.int64))
+
+    def _title_scores(self, products: np.ndarray, query_vectors: np.ndarray, query_text) -> np.ndarray | float:
+        """What each product's title adds: title_weight x its similarity to the query (the mean over the
+        query's sentences), plus title_lexical_weight x its title's BM25 over a full match's (at most 1).
+        Titles name what a product is, which review sentences often leave out ("it broke in a day")."""
+        added = 0.0
+        if self._title_vectors is not None and len(products):
+            rows = self._title_vectors
+            rows = rows.take(products) if isinstance(rows, FileRows) else np.asarray(rows[products])
+            added = added + self.ranking.title_weight * (rows.astype(np.float32) @ query_vectors.T).mean(axis=1)
+        if self._title_lexical is not None and len(products) and query_text is not None and len(query_text):
+            hit, scores = self._title_lexical.hits(query_text)
+            if hit.size:
+                by_product = np.zeros(self.n_products, np.float32)
+                by_product[hit] = np.minimum(scores / self._title_lexical.full_match(query_text), 1.0)
+                added = added + self.ranking.title_lexical_weight * by_product[products]
+        return added
 
     def _eligible_products(self, allowed: np.ndarray | None) -> np.ndarray:
         if allowed is None:

@@ -14,11 +14,14 @@ same `knn.build.sentence_tables`):
     vectors.npy            float32, one row per sentence
     headlines.parquet      headline, review_row (row within the part)
     headline_vectors.npy   float32, one row per headline
+    titles.parquet         product_id, product_title: one row per product of the part (its first review's title)
+    title_vectors.npy      float32, one row per title
     shard.json             written last: part name, index, count, row counts, encoder
 
 The index step takes the shards in part order and shifts each part's review rows by the reviews of
 the parts before it, so the joined catalog, sentences and headlines are row for row those of a
-one-step fit of the whole file; BM25 and the vector indexes are then built exactly as there. A shard
+one-step fit of the whole file (a product's title is its first part's, as a one-step fit takes its first
+review's); BM25 and the vector indexes are then built exactly as there. A shard
 without its `shard.json`, a part missing from the set, or a part counted twice fails the index step
 naming the part (no partial output looks complete).
 """
@@ -128,12 +131,14 @@ def embed_part(part: str | Path, out_dir: str | Path, encoder, batch_size: int =
     index, count = _part_parts(part)
     start = time.perf_counter()
     catalog = _read_part(part)
-    from knn.build import sentence_tables
+    from knn.build import product_titles, sentence_tables
 
     table, headline_table = sentence_tables(catalog)
+    titles = product_titles(catalog, sort=False)
     mark = time.perf_counter()
     vectors = encoder.encode(table["sentence"].tolist(), batch_size=batch_size)
     headline_vectors = encoder.encode(headline_table["headline"].tolist(), batch_size=batch_size)
+    title_vectors = encoder.encode(titles["product_title"].tolist(), batch_size=batch_size)
     embed_s = time.perf_counter() - mark
     shard = Path(out_dir) / part_name(index, count)
     shard.mkdir(parents=True, exist_ok=True)
@@ -142,8 +147,11 @@ def embed_part(part: str | Path, out_dir: str | Path, encoder, batch_size: int =
     np.save(shard / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
     headline_table.to_parquet(shard / "headlines.parquet", index=False)
     np.save(shard / "headline_vectors.npy", np.ascontiguousarray(headline_vectors, dtype=np.float32), allow_pickle=False)
+    titles.to_parquet(shard / "titles.parquet", index=False)
+    np.save(shard / "title_vectors.npy", np.ascontiguousarray(title_vectors, dtype=np.float32), allow_pickle=False)
     figures = {"format": SHARD_FORMAT, "part": part.name, "index": index, "count": count,
                "reviews": len(catalog), "sentences": len(table), "headlines": len(headline_table),
+               "titles": len(titles),
                "precision": getattr(encoder, "precision", "float32"), "embed_s": round(embed_s, 3),
                "total_s": round(time.perf_counter() - start, 3),
                "sentences_per_s": round(len(table) / embed_s, 1) if embed_s > 0 and len(table) else None}
@@ -189,9 +197,11 @@ def find_shards(directory: str | Path) -> list[tuple[dict, Path]]:
 
 
 def read_shards(directory: str | Path):
-    """The joined catalog, sentences, vectors, headlines and headline vectors of every shard, in part order."""
+    """The joined catalog, sentences, vectors, headlines and headline vectors of every shard, in part
+    order, then the product titles and their vectors (None when a shard predates titles) and the shards."""
     shards = find_shards(directory)
     catalogs, tables, vectors, headline_tables, headline_vectors = [], [], [], [], []
+    title_tables, title_vectors = [], []
     offset = 0
     for info, path in shards:
         catalog = pd.read_parquet(path / "catalog.parquet")
@@ -207,6 +217,11 @@ def read_shards(directory: str | Path):
         headline_tables.append(headlines)
         vectors.append(np.load(path / "vectors.npy", allow_pickle=False))
         headline_vectors.append(np.load(path / "headline_vectors.npy", allow_pickle=False))
+        if (path / "titles.parquet").is_file() and (path / "title_vectors.npy").is_file():
+            title_tables.append(pd.read_parquet(path / "titles.parquet"))
+            title_vectors.append(np.load(path / "title_vectors.npy", allow_pickle=False))
+            if len(title_tables[-1]) != len(title_vectors[-1]):
+                raise ShardError(f"{path.name}: its titles and title vectors differ in length; run the embed step again")
     catalog = pd.concat(catalogs, ignore_index=True)
     catalog["star_rating"] = catalog["star_rating"].astype("str")
     catalog = _validate(catalog, Path(directory))  # across parts: review ids stay unique
@@ -214,8 +229,19 @@ def read_shards(directory: str | Path):
     dim = dims.pop() if dims else 384
     join = lambda arrays: np.ascontiguousarray(  # noqa: E731
         np.concatenate([a.reshape(-1, dim) for a in arrays]) if arrays else np.zeros((0, dim)), dtype=np.float32)
+    titles = joined_title_vectors = None
+    if shards and len(title_tables) == len(shards):
+        # A product in several parts: its first part's row, as a one-step fit takes its first review's title.
+        titles = pd.concat(title_tables, ignore_index=True)
+        titles["product_id"] = titles["product_id"].astype(str)
+        first = ~titles["product_id"].duplicated(keep="first").to_numpy()
+        order = np.flatnonzero(first)[np.argsort(titles["product_id"].to_numpy()[first], kind="stable")]
+        titles = titles.iloc[order].reset_index(drop=True)
+        joined_title_vectors = join(title_vectors)[order]
+    elif title_tables:
+        log.warning("some shards have no product titles (embedded by an older version): the model gets none")
     return (catalog, pd.concat(tables, ignore_index=True), join(vectors),
-            pd.concat(headline_tables, ignore_index=True), join(headline_vectors), shards)
+            pd.concat(headline_tables, ignore_index=True), join(headline_vectors), titles, joined_title_vectors, shards)
 
 
 def encoder_path(precision: str = "float32") -> Path:
@@ -231,21 +257,17 @@ def build_model_dir_from_shards(shards_dir: str | Path, model_dir: str | Path, e
 
     `encoder`: the encoder dir the model dir keeps for serving; default: the one the parts were
     embedded with (its precision is in every shard.json)."""
-    from knn.build import build_passage_indexes, graph_epsilons
-    from knn.lexical import LexicalIndex, passage_documents, review_documents
+    from knn.build import build_passage_indexes, corpus_with_lexical, graph_epsilons
     from knn.model_dir import save_model_dir
-    from knn.search import Corpus
 
     start = time.perf_counter()
-    catalog, table, vectors, headline_table, headline_vectors, shards = read_shards(shards_dir)
+    catalog, table, vectors, headline_table, headline_vectors, titles, title_vectors, shards = read_shards(shards_dir)
     read_s = time.perf_counter() - start
     precision = shards[0][0].get("precision", "float32")
     encoder = Path(encoder) if encoder is not None else encoder_path(precision)
     log.info("joined %d part(s): %d reviews, %d sentences, %d headlines", len(shards), len(catalog), len(table),
              len(headline_table))
-    lexical = LexicalIndex.build(review_documents(catalog))
-    passage_lexical = LexicalIndex.build(passage_documents(table, headline_table))
-    corpus = Corpus(catalog, table, vectors, headline_table, headline_vectors, lexical, passage_lexical)
+    corpus = corpus_with_lexical(catalog, table, vectors, headline_table, headline_vectors, titles, title_vectors)
     mark = time.perf_counter()
     index, headline_index = build_passage_indexes(corpus, index_kind, n_neighbors)
     index_s = time.perf_counter() - mark

@@ -149,12 +149,16 @@ def test_stamps_switched_off_or_untrusted_hash_every_time(model_copy, hashed, mo
 
 # --- vector dtype (issue 14: float16 vectors, stored and served) -----------------------------------
 def as_float32_model_dir(directory):
-    """Rewrite a model dir as one written before float16 vectors: float32 .npy, no "vector_dtype" key."""
+    """Rewrite a model dir as one written before float16 vectors: float32 .npy, no "vector_dtype" key, and
+    (older still) no product titles."""
     import numpy as np
 
     from knn.encoder import file_sha256
 
     manifest = json.loads((directory / MANIFEST).read_text())
+    for name in ("titles.parquet", "title_vectors.npy", "lexical/titles.npz", "lexical/titles_vocabulary.json"):
+        assert manifest["files"].pop(name, None) is not None, name
+        (directory / name).unlink()
     for name in ("vectors.npy", "headline_vectors.npy"):
         path = directory / name
         np.save(path, np.load(path, allow_pickle=False).astype(np.float32), allow_pickle=False)
@@ -180,13 +184,15 @@ def test_vectors_are_stored_and_served_as_float16(fixture_model_dir, fixture_sea
 
 
 def test_model_dir_written_before_float16_loads_and_answers_alike(model_copy, fixture_search):
-    """An old model dir (float32 vectors, no "vector_dtype") serves float32; the float16 model ranks the
-    same products in the same order, scores within 1e-3."""
+    """An old model dir (float32 vectors, no "vector_dtype", no titles) serves float32 without the title
+    terms; the float16 model without them ranks the same products in the same order, scores within 1e-3."""
     import numpy as np
 
     as_float32_model_dir(model_copy)
     old = load_model_dir(model_copy)
     assert old.corpus.vectors.dtype == np.float32 and old.corpus.headline_vectors.dtype == np.float32
+    assert old.corpus.title_vectors is None and old.corpus.title_lexical is None
+    fixture_search = fixture_search.with_ranking(fixture_search.ranking.replace(title_weight=0, title_lexical_weight=0))
     for query in QUERIES:
         expected = old.search(query, n_items=8)
         got = fixture_search.search(query, n_items=8)

@@ -86,7 +86,8 @@ def test_score_is_dense_plus_lexical(fixture_search):
     (body sentences, kept headlines (<= 3 words x0.8) and pairs of adjacent body sentences of one
     review (their summed vectors), minus the negation penalty where a passage and the query sentence
     disagree on negation), mean over query sentences, plus lexical_weight x the best BM25 coverage
-    among the product's reviews and passages."""
+    among the product's reviews and passages, plus title_weight x the title vector's mean similarity
+    and title_lexical_weight x the title's BM25 coverage."""
     from knn.search import negated
 
     ranking = fixture_search.ranking
@@ -120,6 +121,12 @@ def test_score_is_dense_plus_lexical(fixture_search):
     passages = np.concatenate([body, heads])  # passage rows: body sentences, then headlines
     by_passage = corpus.passage_lexical.scores(query)[passages].max() / corpus.passage_lexical.full_match(query)
     expected = dense + ranking.lexical_weight * min(max(by_review, by_passage), 1.0)
+    assert ranking.title_weight > 0 and ranking.title_lexical_weight > 0
+    product = int(np.searchsorted(np.sort(corpus.catalog["product_id"].astype(str).unique()), top["product_id"]))
+    title_vector = corpus.title_vectors.take(np.array([product])).astype(np.float32)[0]
+    by_title = corpus.title_lexical.scores(query)[product] / corpus.title_lexical.full_match(query)
+    expected += ranking.title_weight * float((query_vectors @ title_vector).mean())
+    expected += ranking.title_lexical_weight * min(by_title, 1.0)
     assert top["product_search_score"] == pytest.approx(float(expected), abs=1e-5)
 
 

@@ -79,6 +79,41 @@ def test_two_steps_answer_as_one_step_on_the_fixture_queries(fixture_search, tmp
     assert_same_answers(fixture_search, load_model_dir(_two_step_model_dir(REVIEWS, tmp_path, 3)), QUERIES)
 
 
+def test_a_product_split_over_parts_keeps_its_first_reviews_title(tmp_path):
+    """The joined titles are the one-step fit's: one per product, in product_id order, each its first
+    review's title, also when a later review (in a later part) names the product differently."""
+    import csv
+
+    import numpy as np
+    import pandas as pd
+
+    from knn.build import product_titles
+    from knn.encoder import load_encoder
+    from knn.reviews import read_reviews
+    from knn.shards import embed_part, encoder_path, read_shards, split_reviews_file
+
+    with open(REVIEWS, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    product = rows[12]["product_id"]
+    later = [i for i, row in enumerate(rows) if row["product_id"] == product and i > 12]
+    assert later, "the fixture has no product with several reviews"
+    rows[later[-1]]["product_title"] = "A different title for the same product"
+    reviews = tmp_path / "reviews.csv"
+    with open(reviews, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    files = split_reviews_file(reviews, tmp_path / "parts", 20)  # ~6 reviews a part: the product spans two
+    encoder = load_encoder(encoder_path(), threads=1, verify=False)
+    for part in files:
+        embed_part(part, tmp_path / "embedded", encoder)
+    *_, titles, title_vectors, _ = read_shards(tmp_path / "embedded")
+    expected = product_titles(read_reviews(reviews))
+    pd.testing.assert_frame_equal(titles, expected)
+    assert expected.loc[expected["product_id"] == product, "product_title"].item() == rows[12]["product_title"]
+    np.testing.assert_allclose(title_vectors, encoder.encode(expected["product_title"].tolist()), atol=1e-5)
+
+
 def test_a_missing_or_unfinished_part_fails_the_index_step_naming_it(tmp_path):
     import shutil
 
