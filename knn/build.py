@@ -12,7 +12,7 @@ from knn.encoder_export import encoder_model_path
 from knn.index import build_index
 from knn.lexical import LexicalIndex, kept_headline, passage_documents, review_documents, title_documents
 from knn.model_dir import save_model_dir
-from knn.reviews import read_reviews
+from knn.reviews import product_titles, read_reviews
 from knn.search import CANDIDATES_PER_SENTENCE, Corpus
 from knn.sentences import split_many, split_sentences
 
@@ -28,15 +28,6 @@ def sentence_tables(catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     headline_table = pd.DataFrame({"headline": pd.Series([headlines[row] for row in rows], dtype=object),
                                    "review_row": pd.Series(rows, dtype="int64")})
     return table, headline_table
-
-
-def product_titles(catalog: pd.DataFrame, sort: bool = True) -> pd.DataFrame:
-    """One row per product: product_id and the product_title of its first review (catalog order);
-    sorted by product_id (the order of knn.search's product codes) unless `sort` is False."""
-    first = catalog.drop_duplicates("product_id", keep="first")
-    titles = pd.DataFrame({"product_id": first["product_id"].astype(str).to_numpy(),
-                           "product_title": first["product_title"].fillna("").astype(str).to_numpy()})
-    return titles.sort_values("product_id", kind="stable", ignore_index=True) if sort else titles
 
 
 def build_corpus(catalog: pd.DataFrame, encoder, batch_size: int = 64) -> Corpus:
@@ -79,9 +70,9 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     mark = time.perf_counter()
     corpus = build_corpus(catalog, encoder, batch_size=batch_size)
     timings["split_embed_s"] = time.perf_counter() - mark
-    log.info("embedded %d sentences (%s encoder) in %.1f s (%.0f sentences/s)", len(corpus.sentences),
-             encoder.precision, timings["split_embed_s"],
-             len(corpus.sentences) / max(timings["split_embed_s"], 1e-9))
+    log.info("embedded %d sentences, %d headlines and %d product titles (%s encoder) in %.1f s (%.0f sentences/s)",
+             len(corpus.sentences), len(corpus.headlines), len(corpus.titles), encoder.precision,
+             timings["split_embed_s"], len(corpus.sentences) / max(timings["split_embed_s"], 1e-9))
 
     mark = time.perf_counter()
     index, headline_index = build_passage_indexes(corpus, index_kind, n_neighbors)
@@ -92,7 +83,7 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     save_model_dir(model_dir, corpus, index, encoder_path, headline_index=headline_index)
     timings["total_s"] = time.perf_counter() - start
     return {"reviews": len(catalog), "sentences": len(corpus.sentences), "headlines": len(corpus.headlines),
-            "index_kind": index.kind, "precision": encoder.precision, **timings, **graph_epsilons(index, headline_index)}
+            "titles": len(corpus.titles), "index_kind": index.kind, "precision": encoder.precision, **timings, **graph_epsilons(index, headline_index)}
 
 
 def build_passage_indexes(corpus: Corpus, index_kind: str, n_neighbors: int | None = None):

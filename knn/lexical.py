@@ -206,7 +206,7 @@ def review_documents(catalog) -> list[str]:
 
 
 def title_documents(titles) -> list[str]:
-    """One lexical document per product: its title (knn.build.product_titles' rows)."""
+    """One lexical document per product: its title (knn.reviews.product_titles' rows)."""
     return titles["product_title"].tolist()
 
 

@@ -56,8 +56,9 @@ from knn import verified
 from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, file_sha256, load_encoder, read_settings
 from knn.errors import ModelDirError
 from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
-from knn.lexical import LexicalIndex, passage_documents, review_documents
+from knn.lexical import LexicalIndex, passage_documents, review_documents, title_documents
 from knn.quantized_vectors import FileRows, QuantizedVectors, quantize
+from knn.reviews import product_titles
 from knn.stored_texts import StoredTexts, write_texts
 from knn.stored_texts import files as text_files
 from knn.search import Corpus, ProductSearch
@@ -180,25 +181,31 @@ def _save_texts(directory: Path, catalog: pd.DataFrame, sentences: pd.DataFrame,
     return written
 
 
-def add_serving_files(directory: str | Path) -> list[str]:
-    """Give a float16 graph model dir written before them the files that a fit now writes for serving:
-    the int8 codes (knn.quantized_vectors) and the stored texts (knn.stored_texts), so that it is
-    served like a new one. The manifest is checked first and rewritten last. Returns the files added
-    (none when there is nothing to add)."""
+def add_serving_files(directory: str | Path, title_vectors: np.ndarray | None = None, threads: int = 1) -> list[str]:
+    """Give a model dir written before them the files that a fit now writes for serving: the product
+    titles, their vectors and BM25 (every model; the vectors embedded with the model's own encoder/
+    unless `title_vectors` gives them, one row per product in product_id order), and for a float16
+    graph model the int8 codes (knn.quantized_vectors) and the stored texts (knn.stored_texts), so
+    that it is served like a new one. The manifest is checked first and rewritten last. Returns the
+    files added (none when there is nothing to add)."""
     directory = Path(directory)
     manifest = verify_model_dir(directory)
     files = manifest["files"]
     added = []
+    if "titles.parquet" not in files:
+        added += _add_titles(directory, manifest, title_vectors, threads)
     if manifest_vector_dtype(manifest) != "float16" or manifest.get("index_kind") != "graph":
-        return added
-    for prefix, kind in (("", manifest.get("index_kind")), ("headline_", manifest.get("headline_index_kind"))):
+        prefixes = ()
+    else:
+        prefixes = (("", manifest.get("index_kind")), ("headline_", manifest.get("headline_index_kind")))
+    for prefix, kind in prefixes:
         if kind != "graph" or f"{prefix}vectors.npy" not in files or f"{prefix}vector_codes.npy" in files:
             continue
         codes, scales = quantize(np.load(directory / f"{prefix}vectors.npy", allow_pickle=False, mmap_mode="r"))
         for name, array in (("vector_codes.npy", codes), ("vector_scales.npy", scales)):
             np.save(directory / f"{prefix}{name}", array, allow_pickle=False)
             added.append(f"{prefix}{name}")
-    if not any(name.startswith("texts/") for name in files):
+    if prefixes and not any(name.startswith("texts/") for name in files):
         headlines = pd.read_parquet(directory / "headlines.parquet") if "headlines.parquet" in files else None
         added += _save_texts(directory, pd.read_parquet(directory / "catalog.parquet"),
                              pd.read_parquet(directory / "sentences.parquet"), headlines)
@@ -207,6 +214,22 @@ def add_serving_files(directory: str | Path) -> list[str]:
     if added:
         _write_manifest(directory, manifest)
     return added
+
+
+def _add_titles(directory: Path, manifest: dict, title_vectors: np.ndarray | None, threads: int) -> list[str]:
+    """Write titles.parquet, title_vectors.npy and lexical/titles.* into a model dir that lacks them."""
+    titles = product_titles(pd.read_parquet(directory / "catalog.parquet", columns=["product_id", "product_title"]))
+    if title_vectors is None:
+        encoder = load_encoder(directory / "encoder", threads=threads, verify=False)  # verified by the caller
+        title_vectors = encoder.encode(titles["product_title"].tolist())
+    if len(title_vectors) != len(titles):
+        raise ValueError(f"{len(title_vectors)} title vectors for {len(titles)} products")
+    titles.to_parquet(directory / "titles.parquet", index=False)
+    np.save(directory / "title_vectors.npy", compact_vectors(title_vectors, manifest_vector_dtype(manifest)),
+            allow_pickle=False)
+    written = LexicalIndex.build(title_documents(titles)).save(directory / "lexical", "titles")
+    manifest.setdefault("counts", {})["titles"] = int(len(titles))
+    return ["titles.parquet", "title_vectors.npy", *(path.relative_to(directory).as_posix() for path in written)]
 
 
 def read_manifest(directory: Path) -> dict:

@@ -112,6 +112,15 @@ def read_reviews(path: str | Path) -> pd.DataFrame:
     return _validate(_parse(_read_text(path), path), path)
 
 
+def product_titles(catalog: pd.DataFrame, sort: bool = True) -> pd.DataFrame:
+    """One row per product: product_id and the product_title of its first review (catalog order);
+    sorted by product_id (the order of knn.search's product codes) unless `sort` is False."""
+    first = catalog.drop_duplicates("product_id", keep="first")
+    titles = pd.DataFrame({"product_id": first["product_id"].astype(str).to_numpy(),
+                           "product_title": first["product_title"].fillna("").astype(str).to_numpy()})
+    return titles.sort_values("product_id", kind="stable", ignore_index=True) if sort else titles
+
+
 def find_reviews_file(directory: str | Path) -> Path:
     """The single reviews file in a data directory (what a training channel holds)."""
     directory = Path(directory)

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from knn.errors import ReviewDataError
-from knn.reviews import _validate, read_reviews
+from knn.reviews import _validate, product_titles, read_reviews
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def embed_part(part: str | Path, out_dir: str | Path, encoder, batch_size: int =
     index, count = _part_parts(part)
     start = time.perf_counter()
     catalog = _read_part(part)
-    from knn.build import product_titles, sentence_tables
+    from knn.build import sentence_tables
 
     table, headline_table = sentence_tables(catalog)
     titles = product_titles(catalog, sort=False)

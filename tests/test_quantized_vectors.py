@@ -108,11 +108,16 @@ def graph_model_dir(tmp_path_factory):
     return directory
 
 
-def _without_codes(source: Path, target: Path) -> Path:
-    """A copy of a model dir as written before the int8 codes and the stored texts."""
+TITLE_FILES = ("titles.parquet", "title_vectors.npy", "lexical/titles.npz", "lexical/titles_vocabulary.json")
+
+
+def _without_codes(source: Path, target: Path, titles: bool = True) -> Path:
+    """A copy of a model dir as written before the int8 codes and the stored texts (and, unless
+    `titles`, before the product titles)."""
     shutil.copytree(source, target)
     manifest = json.loads((target / "manifest.json").read_text())
-    for name in [n for n in manifest["files"] if "vector_codes" in n or "vector_scales" in n or n.startswith("texts/")]:
+    for name in [n for n in manifest["files"] if "vector_codes" in n or "vector_scales" in n or n.startswith("texts/")
+                 or (not titles and n in TITLE_FILES)]:
         del manifest["files"][name]
         (target / name).unlink()
     (target / "manifest.json").write_text(json.dumps(manifest))
@@ -154,17 +159,18 @@ def test_a_graph_model_serves_int8_codes_and_answers_like_float16(graph_model_di
 def test_a_model_dir_written_before_the_codes_is_given_them(graph_model_dir, tmp_path):
     from knn.model_dir import add_serving_files, load_model_dir, verify_model_dir
 
-    older = _without_codes(graph_model_dir, tmp_path / "older")
+    older = _without_codes(graph_model_dir, tmp_path / "older", titles=False)
     added = add_serving_files(older)
     written = json.loads((graph_model_dir / "manifest.json").read_text())["files"]
     assert sorted(added) == sorted(n for n in written if "vector_codes" in n or "vector_scales" in n or
-                                   n.startswith("texts/"))
+                                   n.startswith("texts/") or n in TITLE_FILES)
     assert "texts/catalog.review_body.txt" in added and "headline_vector_codes.npy" in added
     verify_model_dir(older)
     for name in added:  # the very files a fit writes
         assert (older / name).read_bytes() == (graph_model_dir / name).read_bytes()
     loaded = load_model_dir(older)
     assert isinstance(loaded.corpus.vectors, QuantizedVectors) and "catalog.review_body" in loaded.corpus.texts
+    assert loaded.corpus.title_vectors is not None and loaded.corpus.title_lexical is not None
     assert add_serving_files(older) == []
 
 

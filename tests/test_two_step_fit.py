@@ -87,9 +87,8 @@ def test_a_product_split_over_parts_keeps_its_first_reviews_title(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from knn.build import product_titles
     from knn.encoder import load_encoder
-    from knn.reviews import read_reviews
+    from knn.reviews import product_titles, read_reviews
     from knn.shards import embed_part, encoder_path, read_shards, split_reviews_file
 
     with open(REVIEWS, newline="", encoding="utf-8") as handle:
