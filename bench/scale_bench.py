@@ -138,13 +138,17 @@ def tiled_texts(n_sentences: int, source: str | None):
 
 
 # --- build (child process) ---------------------------------------------------------------------------
+def synthetic_title_vectors(n_products: int):
+    """The products' title vectors, synthetic like the passages' (a seed of their own)."""
+    return clustered_unit_vectors(n_products, seed=3)
+
+
 def build(model_dir: Path, n_sentences: int, texts: str | None, index_kind: str, encoder: str | None) -> dict:
     from tqdm import tqdm
 
-    from knn.build import build_passage_indexes
-    from knn.lexical import LexicalIndex, passage_documents, review_documents
+    from knn.build import build_passage_indexes, corpus_with_lexical
     from knn.model_dir import save_model_dir
-    from knn.search import Corpus
+    from knn.reviews import product_titles
 
     timings = {}
     steps = tqdm(total=6, desc="build", unit="step")
@@ -160,12 +164,12 @@ def build(model_dir: Path, n_sentences: int, texts: str | None, index_kind: str,
     mark = time.perf_counter()
     vectors = clustered_unit_vectors(len(table), seed=1, progress=True)
     headline_vectors = clustered_unit_vectors(len(headlines), seed=2)
+    titles = product_titles(catalog)
+    title_vectors = synthetic_title_vectors(len(titles))
     step("vectors_s", mark)
     mark = time.perf_counter()
-    lexical = LexicalIndex.build(review_documents(catalog))
-    passage_lexical = LexicalIndex.build(passage_documents(table, headlines))
+    corpus = corpus_with_lexical(catalog, table, vectors, headlines, headline_vectors, titles, title_vectors)
     step("bm25_s", mark)
-    corpus = Corpus(catalog, table, vectors, headlines, headline_vectors, lexical, passage_lexical)
     mark = time.perf_counter()
     index, headline_index = build_passage_indexes(corpus, index_kind)  # each graph's epsilon calibrated, as a fit does
     step("indexes_s", mark)
@@ -209,7 +213,9 @@ def holdings(search) -> dict:
            "catalog": _table_bytes(corpus.catalog), "sentences": _table_bytes(corpus.sentences),
            "headlines": _table_bytes(corpus.headlines),
            "bm25_reviews": _array_bytes(corpus.lexical.weights) if corpus.lexical is not None else 0,
-           "bm25_passages": _array_bytes(corpus.passage_lexical.weights) if corpus.passage_lexical is not None else 0}
+           "bm25_passages": _array_bytes(corpus.passage_lexical.weights) if corpus.passage_lexical is not None else 0,
+           "bm25_titles": _array_bytes(corpus.title_lexical.weights) if corpus.title_lexical is not None else 0,
+           "title_vectors_read_per_query": corpus.title_vectors is not None}
     for name, index, vectors in (("index", search.index, corpus.vectors),
                                  ("headline_index", search.headline_index, corpus.headline_vectors)):
         nnd = getattr(index, "_nnd", None)
@@ -423,7 +429,10 @@ def main(argv=None) -> dict:
         build_info = json.loads(build_record.read_text())
         from knn.model_dir import add_serving_files
 
-        added = add_serving_files(model_dir)  # a model built before the int8 codes and stored texts gets them
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        titles = None if "titles.parquet" in manifest["files"] else synthetic_title_vectors(manifest["counts"]["products"])
+        # A model built before the int8 codes, stored texts and titles gets them (synthetic title vectors).
+        added = add_serving_files(model_dir, title_vectors=titles)
         if added:
             print(f"{model_dir}: added {', '.join(added)} (what a fit now writes for serving)")
     else:

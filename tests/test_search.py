@@ -332,3 +332,13 @@ def test_a_loaded_bm25_index_keeps_its_int32_arrays_and_scores_alike(tmp_path):
         expected_hit, expected_scores = built.hits(query)
         np.testing.assert_array_equal(hit, expected_hit)
         np.testing.assert_array_equal(scores, expected_scores)
+
+
+@pytest.mark.parametrize("query, product", [("a jigsaw", "P002"), ("grandmaster set", "P004"), ("a delta", "P005"),
+                                            ("galaxy stickers", "P009"), ("blaster", "P017"), ("explorer pair", "P018")])
+def test_a_word_only_the_title_holds_brings_its_product_first(fixture_search, query, product):
+    """Each query names its product with a word of the product's title that none of the fixture reviews
+    uses: the title terms put that product first; without them it is not first."""
+    untitled = fixture_search.with_ranking(fixture_search.ranking.replace(title_weight=0, title_lexical_weight=0))
+    assert fixture_search.search(query, n_items=1)[0]["product_id"] == product
+    assert untitled.search(query, n_items=1)[0]["product_id"] != product
