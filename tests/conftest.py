@@ -61,7 +61,15 @@ def toys_model_dir(tmp_path_factory):
 
     Under pytest-xdist (the integration command runs two workers) the first worker to ask builds it
     in the run's shared temporary folder while holding a file lock; the others wait for it and reuse it.
+    REVIEW_SEARCH_TOYS_MODEL=DIR uses a model dir built beforehand by the current code instead (a
+    developer's shortcut: `build_model_dir(toys-10k, DIR, index_kind="graph")`; CI always builds).
     """
+    prebuilt = os.environ.get("REVIEW_SEARCH_TOYS_MODEL")
+    if prebuilt:
+        require_toys_10k()
+        if not (Path(prebuilt) / "manifest.json").is_file():
+            pytest.fail(f"REVIEW_SEARCH_TOYS_MODEL={prebuilt} is not a model dir; build one or unset it")
+        return Path(prebuilt)
     if "PYTEST_XDIST_WORKER" not in os.environ:
         directory = tmp_path_factory.mktemp("toys-model")
         _build_toys_model(directory)
