@@ -279,3 +279,19 @@ def test_loading_hands_back_what_it_freed_once_the_search_is_built(model_copy, m
     assert built == [1, "handed back"]
     monkeypatch.undo()
     model_dir._hand_back_freed_memory()  # the real one runs here without error
+
+
+def test_big_title_vectors_are_read_per_row_and_rank_alike(fixture_model_dir, fixture_search, monkeypatch):
+    """Title vectors over the held size are read per candidate row (FileRows, never mapped): the same
+    answers as held ones."""
+    import numpy as np
+
+    import knn.model_dir as model_dir
+    from knn.quantized_vectors import FileRows
+
+    assert isinstance(fixture_search.corpus.title_vectors, np.ndarray)
+    monkeypatch.setattr(model_dir, "TITLE_VECTORS_HELD_BYTES", 0)
+    per_row = load_model_dir(fixture_model_dir)
+    assert isinstance(per_row.corpus.title_vectors, FileRows)
+    for query in QUERIES:
+        assert per_row.search(query, n_items=5) == fixture_search.search(query, n_items=5)

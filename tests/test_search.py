@@ -123,7 +123,7 @@ def test_score_is_dense_plus_lexical(fixture_search):
     expected = dense + ranking.lexical_weight * min(max(by_review, by_passage), 1.0)
     assert ranking.title_weight > 0 and ranking.title_lexical_weight > 0
     product = int(np.searchsorted(np.sort(corpus.catalog["product_id"].astype(str).unique()), top["product_id"]))
-    title_vector = corpus.title_vectors.take(np.array([product])).astype(np.float32)[0]
+    title_vector = np.asarray(corpus.title_vectors[product], dtype=np.float32)  # held: a small model
     by_title = corpus.title_lexical.scores(query)[product] / corpus.title_lexical.full_match(query)
     expected += ranking.title_weight * float((query_vectors @ title_vector).mean())
     expected += ranking.title_lexical_weight * min(by_title, 1.0)
