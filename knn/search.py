@@ -29,6 +29,8 @@ alternatives and the commands):
 Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
 `offset` skips that many products of the same ranking (pagination).
 
+`title_weight` and `title_lexical_weight` at 0 give the ranking before titles (model dirs written
+before them have none: knn.model_dir.add_serving_files adds them).
 Ranking fields that stay off by default (measured, no gain; see bench/eval/README.md):
 `review_weight` (similarity of the whole review), `second_weight` (a second review of the product
 saying it too), `lexical_norm="max"`; `BASELINE_RANKING` is the seed's plain dense ranking.
