@@ -83,7 +83,8 @@ def build_model_dir(reviews_path: str | Path, model_dir: str | Path, index_kind:
     save_model_dir(model_dir, corpus, index, encoder_path, headline_index=headline_index)
     timings["total_s"] = time.perf_counter() - start
     return {"reviews": len(catalog), "sentences": len(corpus.sentences), "headlines": len(corpus.headlines),
-            "titles": len(corpus.titles), "index_kind": index.kind, "precision": encoder.precision, **timings, **graph_epsilons(index, headline_index)}
+            "titles": len(corpus.titles), "index_kind": index.kind, "precision": encoder.precision, **timings,
+            **graph_epsilons(index, headline_index)}
 
 
 def build_passage_indexes(corpus: Corpus, index_kind: str, n_neighbors: int | None = None):

@@ -32,8 +32,9 @@ Layout:
                            titles.* (one per product)
 
 Model dirs written before headlines and BM25 existed still load: without headlines, and with the BM25
-index rebuilt from the catalog; those written before titles load without the title signals; those written before the encoder precision was recorded are float32;
-those without "vector_dtype" store (and serve) float32 vectors.
+index rebuilt from the catalog; those written before titles load without the title terms (and
+`add_serving_files` gives them titles); those written before the encoder precision was recorded are
+float32; those without "vector_dtype" store (and serve) float32 vectors.
 
 No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
 file's size and sha256 against the manifest before reading any of them (the sha256 once per machine

@@ -23,9 +23,9 @@ alternatives and the commands):
 6. Title (a product's title names what it is, which review sentences often leave out: "it broke in a
    day"): + 0.2 x the cosine of the title's vector to the query (the mean over query sentences) +
    0.2 x the title's BM25 over a full match's (capped at 1), for every candidate.
-7. Score = dense + 0.5 x lexical + the title terms (`product_search_score`); ties by product id. `matched_sentence`
-   is the product's best single passage (a body sentence or the headline) and `matched_field` says
-   which ("body" or "headline").
+7. Score = dense + 0.5 x lexical + the title terms (`product_search_score`); ties by product id.
+   `matched_sentence` is the product's best single passage (a body sentence or the headline) and
+   `matched_field` says which ("body" or "headline").
 Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
 `offset` skips that many products of the same ranking (pagination).
 
