@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -106,6 +106,15 @@ class Ranking:
 # The seed's ranking (best body sentence, mean over query sentences), kept for comparisons.
 BASELINE_RANKING = Ranking(lexical_weight=0.0, short_weight=1.0, headlines=False, negation_penalty=0.0,
                            window_weight=0.0, title_weight=0.0, title_lexical_weight=0.0)
+
+
+class _WordScores(NamedTuple):
+    """What a query's words give the ranking (knn.search.ProductSearch._word_scores); None where the
+    model or the ranking has no such index."""
+
+    lexical: np.ndarray | None  # each product's BM25 score of its reviews and passages (0..1)
+    candidates: np.ndarray | None  # the products of the best reviews and passages by BM25
+    titles: np.ndarray | None  # each product's title BM25 (0..1)
 
 
 @dataclass(frozen=True)
@@ -303,33 +312,47 @@ class ProductSearch:
         sentences = self.query_sentences(query)
         if not any(len(source) for source in self._sources):
             return []
-        query_vectors = self.encoder.encode(sentences, progress=False)
-        return self.search_vectors(query_vectors, n_items, sentences, min_star_rating, offset)
+        # The word scores (BM25 of reviews, passages and titles) need only the text: they are computed on
+        # the walker thread while this one embeds the query (ONNX Runtime runs without the GIL).
+        words = None
+        if self.lexical is not None or self._title_lexical is not None:
+            words = self._walker().submit(self._word_scores, sentences, self._allowed(min_star_rating))
+        try:
+            query_vectors = self.encoder.encode(sentences, progress=False)
+        finally:
+            words = words.result() if words is not None else None  # its errors are the request's
+        return self._rank(query_vectors, n_items, sentences, min_star_rating, offset, words)
 
     def search_vectors(self, query_vectors: np.ndarray, n_items: int, query_text: str | Sequence[str] = (),
                        min_star_rating: int | None = None, offset: int = 0) -> list[dict]:
         """Rank with already-embedded query sentences; `query_text` feeds the lexical signal."""
+        return self._rank(query_vectors, n_items, query_text, min_star_rating, offset)
+
+    def _allowed(self, min_star_rating: int | None) -> np.ndarray | None:
+        return None if not min_star_rating or min_star_rating <= 1 else self._ratings >= min_star_rating
+
+    def _rank(self, query_vectors: np.ndarray, n_items: int, query_text: str | Sequence[str],
+              min_star_rating: int | None, offset: int, words: "_WordScores | None" = None) -> list[dict]:
+        """search_vectors, with the word scores already computed when `words` is given."""
         query_vectors = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
         wanted = offset + n_items
-        allowed = None if not min_star_rating or min_star_rating <= 1 else self._ratings >= min_star_rating
+        allowed = self._allowed(min_star_rating)
 
         def walks() -> list[np.ndarray]:
             return [self._nearest_products(source, query_vectors, wanted, allowed) for source in self._sources]
 
-        lexical_by_product = None
-        if self.lexical is None:
+        if words is not None or not self._overlap:
             candidates = walks()
-        elif not self._overlap:
-            candidates = walks()
-            lexical_by_product, lexical_candidates = self._lexical(query_text, allowed)
-            candidates.append(lexical_candidates)
+            words = words or self._word_scores(query_text, allowed)
         else:
             walking = self._walker().submit(walks)
             try:
-                lexical_by_product, lexical_candidates = self._lexical(query_text, allowed)
+                words = self._word_scores(query_text, allowed)
             finally:
                 candidates = walking.result()  # waited for even when BM25 fails: the walks share scratch arrays
-            candidates.append(lexical_candidates)
+        lexical_by_product = words.lexical
+        if words.candidates is not None:
+            candidates.append(words.candidates)
         candidates = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
         eligible = self._eligible_products(allowed)
         if len(candidates) < min(wanted, len(eligible)):
@@ -344,7 +367,7 @@ class ProductSearch:
         scores, best_kind, best_row = self._score(candidates, query_vectors, allowed, query_negated)
         if lexical_by_product is not None:
             scores = scores + self.ranking.lexical_weight * lexical_by_product[candidates]
-        scores = scores + self._title_scores(candidates, query_vectors, query_text)
+        scores = scores + self._title_scores(candidates, query_vectors, words.titles)
         keep = np.flatnonzero(np.isfinite(scores))
         order = keep[np.lexsort((candidates[keep], -scores[keep]))][offset:offset + n_items]
         return [self._result(*self._shown(int(best_kind[i]), int(best_row[i])), float(scores[i])) for i in order]
@@ -399,7 +422,21 @@ class ProductSearch:
             candidates.append(products[_best_first(scores, self.candidates_per_sentence)])
         return by_product, (np.concatenate(candidates) if candidates else np.zeros(0, np.int64))
 
-    def _title_scores(self, products: np.ndarray, query_vectors: np.ndarray, query_text) -> np.ndarray | float:
+    def _word_scores(self, query_text: str | Sequence[str], allowed: np.ndarray | None) -> "_WordScores":
+        """Everything the ranking takes from the query's words: BM25 of reviews and passages (each
+        product's score and the lexical candidates) and of titles (each product's title score)."""
+        lexical = candidates = titles = None
+        if self.lexical is not None:
+            lexical, candidates = self._lexical(query_text, allowed)
+        if self._title_lexical is not None and query_text is not None and len(query_text):
+            hit, scores = self._title_lexical.hits(query_text)
+            if hit.size:
+                titles = np.zeros(self.n_products, np.float32)
+                titles[hit] = np.minimum(scores / self._title_lexical.full_match(query_text), 1.0)
+        return _WordScores(lexical, candidates, titles)
+
+    def _title_scores(self, products: np.ndarray, query_vectors: np.ndarray,
+                      title_words: np.ndarray | None) -> np.ndarray | float:
         """What each product's title adds: title_weight x its similarity to the query (the mean over the
         query's sentences), plus title_lexical_weight x its title's BM25 over a full match's (at most 1).
         Titles name what a product is, which review sentences often leave out ("it broke in a day")."""
@@ -408,12 +445,8 @@ class ProductSearch:
             rows = self._title_vectors
             rows = rows.take(products) if isinstance(rows, FileRows) else np.asarray(rows[products])
             added = added + self.ranking.title_weight * (rows.astype(np.float32) @ query_vectors.T).mean(axis=1)
-        if self._title_lexical is not None and len(products) and query_text is not None and len(query_text):
-            hit, scores = self._title_lexical.hits(query_text)
-            if hit.size:
-                by_product = np.zeros(self.n_products, np.float32)
-                by_product[hit] = np.minimum(scores / self._title_lexical.full_match(query_text), 1.0)
-                added = added + self.ranking.title_lexical_weight * by_product[products]
+        if title_words is not None and len(products):
+            added = added + self.ranking.title_lexical_weight * title_words[products]
         return added
 
     def _eligible_products(self, allowed: np.ndarray | None) -> np.ndarray:

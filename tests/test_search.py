@@ -290,8 +290,8 @@ def test_passage_norms_and_negation_are_the_same_in_small_blocks(fixture_model_d
 
 
 def test_big_catalogues_walk_the_graphs_beside_bm25_with_the_same_answers(fixture_search, monkeypatch):
-    """From OVERLAP_FROM_PASSAGES passages on, the graph walks run on a second thread while BM25 runs:
-    the answers are those of one thread, with and without a star-rating filter."""
+    """From OVERLAP_FROM_PASSAGES passages on, search_vectors walks the graphs on a second thread while
+    BM25 runs: the answers are those of one thread, with and without a star-rating filter."""
     import threading
 
     from knn import search as search_module
@@ -309,11 +309,47 @@ def test_big_catalogues_walk_the_graphs_beside_bm25_with_the_same_answers(fixtur
 
     monkeypatch.setattr(search_module.ProductSearch, "_nearest_products", recording)
     for item in QUERIES:
+        sentences = fixture_search.query_sentences(item["query"])
+        vectors = fixture_search.encoder.encode(sentences)
         for rating in (None, 4):
-            assert overlapped.search(item["query"], n_items=5, min_star_rating=rating) == \
+            assert overlapped.search_vectors(vectors, 5, sentences, min_star_rating=rating) == \
                 one_thread.search(item["query"], n_items=5, min_star_rating=rating)
     assert threading.current_thread().name in walked_on
     assert any(name.startswith("graph-walk") for name in walked_on)
+
+
+def test_search_scores_the_words_while_the_query_is_embedded(fixture_search, monkeypatch):
+    """search() computes BM25 (reviews, passages, titles) on the second thread while this one embeds
+    the query: the answers are search_vectors' (everything on one thread), with and without a filter;
+    an error there is the request's."""
+    import threading
+
+    from knn import search as search_module
+
+    scored_on = set()
+    word_scores = search_module.ProductSearch._word_scores
+
+    def recording(self, *args, **kwargs):
+        scored_on.add(threading.current_thread().name)
+        return word_scores(self, *args, **kwargs)
+
+    monkeypatch.setattr(search_module.ProductSearch, "_word_scores", recording)
+    search = fixture_search.with_ranking()
+    for item in QUERIES:
+        sentences = search.query_sentences(item["query"])
+        vectors = search.encoder.encode(sentences)
+        for rating in (None, 4):
+            assert search.search(item["query"], n_items=5, min_star_rating=rating) == \
+                search.search_vectors(vectors, 5, sentences, min_star_rating=rating)
+    assert any(name.startswith("graph-walk") for name in scored_on)
+    assert threading.current_thread().name in scored_on  # search_vectors scores them itself
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("BM25 failed")
+
+    monkeypatch.setattr(search_module.ProductSearch, "_word_scores", failing)
+    with pytest.raises(RuntimeError, match="BM25 failed"):
+        search.search("a toy for the bath", n_items=3)
 
 
 def test_a_loaded_bm25_index_keeps_its_int32_arrays_and_scores_alike(tmp_path):
