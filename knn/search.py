@@ -28,6 +28,9 @@ alternatives and the commands):
    `matched_field` says which ("body" or "headline").
 Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
 `offset` skips that many products of the same ranking (pagination).
+Threads: `search` computes the word scores (every BM25) on a second thread while the query is embedded
+(ONNX Runtime runs without the GIL); `search_vectors`, given vectors, walks big catalogues' graphs on
+that thread while BM25 runs. The answers are the same either way (tested).
 
 `title_weight` and `title_lexical_weight` at 0 give the ranking before titles (model dirs written
 before them have none: knn.model_dir.add_serving_files adds them).
