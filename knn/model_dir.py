@@ -102,18 +102,13 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         headline_index.save(directory / "headline_index")
         extra["headline_index_kind"] = headline_index.kind
         counts_extra["headlines"] = int(len(corpus.headlines))
-    if corpus.titles is not None and corpus.title_vectors is not None:
-        if len(corpus.title_vectors) != len(corpus.titles):
-            raise ValueError(f"{len(corpus.title_vectors)} title vectors for {len(corpus.titles)} titles")
-        corpus.titles.to_parquet(directory / "titles.parquet", index=False)
-        np.save(directory / "title_vectors.npy", compact_vectors(corpus.title_vectors, vector_dtype), allow_pickle=False)
-        counts_extra["titles"] = int(len(corpus.titles))
     if corpus.lexical is not None:
         corpus.lexical.save(directory / "lexical", "reviews")
     if corpus.passage_lexical is not None:
         corpus.passage_lexical.save(directory / "lexical", "passages")
-    if corpus.title_lexical is not None:
-        corpus.title_lexical.save(directory / "lexical", "titles")
+    if corpus.titles is not None and corpus.title_vectors is not None and corpus.title_lexical is not None:
+        _save_titles(directory, corpus.titles, corpus.title_vectors, corpus.title_lexical, vector_dtype)
+        counts_extra["titles"] = int(len(corpus.titles))
     if index.kind == "graph":  # a big catalogue's layout: its texts are read per row when served
         _save_texts(directory, corpus.catalog, corpus.sentences, corpus.headlines)
     files = {}
@@ -223,13 +218,20 @@ def _add_titles(directory: Path, manifest: dict, title_vectors: np.ndarray | Non
     if title_vectors is None:
         encoder = load_encoder(directory / "encoder", threads=threads, verify=False)  # verified by the caller
         title_vectors = encoder.encode(titles["product_title"].tolist())
-    if len(title_vectors) != len(titles):
-        raise ValueError(f"{len(title_vectors)} title vectors for {len(titles)} products")
-    titles.to_parquet(directory / "titles.parquet", index=False)
-    np.save(directory / "title_vectors.npy", compact_vectors(title_vectors, manifest_vector_dtype(manifest)),
-            allow_pickle=False)
-    written = LexicalIndex.build(title_documents(titles)).save(directory / "lexical", "titles")
+    written = _save_titles(directory, titles, title_vectors, LexicalIndex.build(title_documents(titles)),
+                           manifest_vector_dtype(manifest))
     manifest.setdefault("counts", {})["titles"] = int(len(titles))
+    return written
+
+
+def _save_titles(directory: Path, titles: pd.DataFrame, title_vectors, title_lexical: LexicalIndex,
+                 vector_dtype: str) -> list[str]:
+    """Write titles.parquet, title_vectors.npy (as `vector_dtype`) and lexical/titles.*; the files written."""
+    if len(title_vectors) != len(titles):
+        raise ValueError(f"{len(title_vectors)} title vectors for {len(titles)} titles")
+    titles.to_parquet(directory / "titles.parquet", index=False)
+    np.save(directory / "title_vectors.npy", compact_vectors(title_vectors, vector_dtype), allow_pickle=False)
+    written = title_lexical.save(directory / "lexical", "titles")
     return ["titles.parquet", "title_vectors.npy", *(path.relative_to(directory).as_posix() for path in written)]
 
 

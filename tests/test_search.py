@@ -289,6 +289,22 @@ def test_passage_norms_and_negation_are_the_same_in_small_blocks(fixture_model_d
     np.testing.assert_allclose(blocked._pair_norms()[:-1], np.where(expected > 0, expected, 1.0), rtol=1e-6)
 
 
+def _thread_names_of(monkeypatch, method: str) -> set:
+    """The names of the threads that call ProductSearch.`method` from now on (the method still runs)."""
+    import threading
+
+    from knn import search as search_module
+
+    names, original = set(), getattr(search_module.ProductSearch, method)
+
+    def recording(self, *args, **kwargs):
+        names.add(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(search_module.ProductSearch, method, recording)
+    return names
+
+
 def test_big_catalogues_walk_the_graphs_beside_bm25_with_the_same_answers(fixture_search, monkeypatch):
     """From OVERLAP_FROM_PASSAGES passages on, search_vectors walks the graphs on a second thread while
     BM25 runs: the answers are those of one thread, with and without a star-rating filter."""
@@ -300,14 +316,7 @@ def test_big_catalogues_walk_the_graphs_beside_bm25_with_the_same_answers(fixtur
     monkeypatch.setattr(search_module, "OVERLAP_FROM_PASSAGES", 0)
     overlapped = fixture_search.with_ranking()
     assert overlapped._overlap and not one_thread._overlap
-    walked_on = set()
-    nearest = search_module.ProductSearch._nearest_products
-
-    def recording(self, *args, **kwargs):
-        walked_on.add(threading.current_thread().name)
-        return nearest(self, *args, **kwargs)
-
-    monkeypatch.setattr(search_module.ProductSearch, "_nearest_products", recording)
+    walked_on = _thread_names_of(monkeypatch, "_nearest_products")
     for item in QUERIES:
         sentences = fixture_search.query_sentences(item["query"])
         vectors = fixture_search.encoder.encode(sentences)
@@ -326,14 +335,7 @@ def test_search_scores_the_words_while_the_query_is_embedded(fixture_search, mon
 
     from knn import search as search_module
 
-    scored_on = set()
-    word_scores = search_module.ProductSearch._word_scores
-
-    def recording(self, *args, **kwargs):
-        scored_on.add(threading.current_thread().name)
-        return word_scores(self, *args, **kwargs)
-
-    monkeypatch.setattr(search_module.ProductSearch, "_word_scores", recording)
+    scored_on = _thread_names_of(monkeypatch, "_word_scores")
     search = fixture_search.with_ranking()
     for item in QUERIES:
         sentences = search.query_sentences(item["query"])
