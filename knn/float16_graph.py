@@ -212,7 +212,7 @@ def compile_in_background(rows: str = "float16") -> None:
     with _KERNELS_LOCK:
         if _BACKGROUND is not None:
             return
-        _BACKGROUND = threading.Thread(target=_compile_for_read_only_rows, args=(rows,), name="float16-kernels",
+        _BACKGROUND = threading.Thread(target=compile_for_read_only_rows, args=(rows,), name="float16-kernels",
                                        daemon=True)
     _BACKGROUND.start()
 
@@ -222,7 +222,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _compile_for_read_only_rows(rows: str = "float16") -> None:
+def compile_for_read_only_rows(rows: str = "float16") -> None:
     """The kernels typed as a loaded model's arrays are: its rows (float16 bits or int8 codes), the
     graph's neighbour lists and the tree's offsets, children and point indices mapped read-only from
     the model dir (knn.mapped_npz); the compact hyperplanes and node rows made at load, writable."""

@@ -23,6 +23,8 @@ Layout:
                            review's product_title)
     title_vectors.npy      unit vectors, one row per title, in the same dtype; held when small (<= 32 MiB),
                            else read a few rows at a time when served (the candidates'), never mapped
+    kernels/               with a float16 graph index: numba's compiled walk kernels, installed in a serving
+                           process's numba cache before they are first needed (knn.shipped_kernels)
     texts/                 with a graph index: the text columns that answers show (knn.stored_texts: the
                            catalog's review_id, product_title, review_headline, review_body, each sentence and
                            headline) as UTF-8 plus row offsets, read a row at a time when served; the tables
@@ -36,7 +38,9 @@ index rebuilt from the catalog; those written before titles load without the tit
 `add_serving_files` gives them titles); those written before the encoder precision was recorded are
 float32; those without "vector_dtype" store (and serve) float32 vectors.
 
-No pickle anywhere: Parquet, .npy/.npz with allow_pickle off, JSON. `load_model_dir` checks every
+No pickle of ours: Parquet, .npy/.npz with allow_pickle off, JSON. The one exception is kernels/,
+numba's own cache files (pickles and machine code), which reach numba only after their sha256 matched
+the manifest, as trusted as the entry point the archive carries. `load_model_dir` checks every
 file's size and sha256 against the manifest before reading any of them (the sha256 once per machine
 while the files stay unchanged: knn.verified), and refuses files that the
 manifest does not list (except `code/`, which SageMaker adds when it repacks a model, and the
@@ -53,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from knn import verified
+from knn import shipped_kernels, verified
 from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, file_sha256, load_encoder, read_settings
 from knn.errors import ModelDirError
 from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
@@ -111,6 +115,10 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         counts_extra["titles"] = int(len(corpus.titles))
     if index.kind == "graph":  # a big catalogue's layout: its texts are read per row when served
         _save_texts(directory, corpus.catalog, corpus.sentences, corpus.headlines)
+    rows = walked_rows(index.kind, extra.get("headline_index_kind"), vector_dtype,
+                       (directory / "vector_codes.npy").is_file())
+    if rows:
+        shipped_kernels.store(directory, rows)
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory).as_posix()
@@ -181,9 +189,9 @@ def add_serving_files(directory: str | Path, title_vectors: np.ndarray | None = 
     """Give a model dir written before them the files that a fit now writes for serving: the product
     titles, their vectors and BM25 (every model; the vectors embedded with the model's own encoder/
     unless `title_vectors` gives them, one row per product in product_id order), and for a float16
-    graph model the int8 codes (knn.quantized_vectors) and the stored texts (knn.stored_texts), so
-    that it is served like a new one. The manifest is checked first and rewritten last. Returns the
-    files added (none when there is nothing to add)."""
+    graph model the int8 codes (knn.quantized_vectors), the stored texts (knn.stored_texts) and the
+    walk's compiled kernels (knn.shipped_kernels), so that it is served like a new one. The manifest
+    is checked first and rewritten last. Returns the files added (none when there is nothing to add)."""
     directory = Path(directory)
     manifest = verify_model_dir(directory)
     files = manifest["files"]
@@ -205,6 +213,10 @@ def add_serving_files(directory: str | Path, title_vectors: np.ndarray | None = 
         headlines = pd.read_parquet(directory / "headlines.parquet") if "headlines.parquet" in files else None
         added += _save_texts(directory, pd.read_parquet(directory / "catalog.parquet"),
                              pd.read_parquet(directory / "sentences.parquet"), headlines)
+    rows = walked_rows(manifest.get("index_kind"), manifest.get("headline_index_kind"), manifest_vector_dtype(manifest),
+                       "vector_codes.npy" in files or "vector_codes.npy" in added)
+    if rows and not any(name.startswith(shipped_kernels.KERNELS_DIR + "/") for name in files):
+        added += shipped_kernels.store(directory, rows)
     for name in added:
         files[name] = _file_entry(directory / name)
     if added:
@@ -377,19 +389,32 @@ def _hand_back_freed_memory() -> None:
         trim(0)
 
 
+def walked_rows(index_kind: str | None, headline_index_kind: str | None, vector_dtype: str,
+                has_codes: bool) -> str | None:
+    """What the numba graph walk reads in a model dir: "int8" codes (when it has vector_codes.npy),
+    "float16" bits, or None for a model that no float16 graph searches (nothing is compiled)."""
+    if "graph" not in (index_kind, headline_index_kind) or vector_dtype != "float16":
+        return None
+    return "int8" if has_codes else "float16"
+
+
 def _compile_graph_walk_meanwhile(directory: Path) -> None:
-    """A model searched by float16 graph walks: their numba kernels compile (or load from numba's cache)
-    on a thread of their own while this process checks and loads the files (knn.float16_graph).
-    Anything wrong with the manifest is left for verify_model_dir to report."""
+    """A model searched by float16 graph walks: their numba kernels compile (or load from numba's cache,
+    where the kernels the fit shipped in kernels/ are installed first: knn.shipped_kernels) on a thread
+    of their own while this process checks and loads the files (knn.float16_graph). Anything wrong
+    with the manifest is left for verify_model_dir to report."""
     try:
         manifest = read_manifest(directory)
     except ModelDirError:
         return
-    if ("graph" in (manifest.get("index_kind"), manifest.get("headline_index_kind"))
-            and manifest_vector_dtype(manifest) == "float16"):
+    files = manifest.get("files") or {}
+    rows = walked_rows(manifest.get("index_kind"), manifest.get("headline_index_kind"), manifest_vector_dtype(manifest),
+                       "vector_codes.npy" in files)
+    if rows:
         from knn.float16_graph import compile_in_background
 
-        compile_in_background("int8" if "vector_codes.npy" in (manifest.get("files") or {}) else "float16")
+        shipped_kernels.install(directory, files)
+        compile_in_background(rows)
 
 
 # Title vectors up to this size are held in memory (toys-10k: 6.6 MB); bigger ones are read a row at a

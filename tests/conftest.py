@@ -36,6 +36,17 @@ def fixture_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def graph_model_dir(tmp_path_factory):
+    """A graph model of the fixture reviews (what big catalogues get: int8 codes beside the float16 rows,
+    stored texts, the walk's compiled kernels)."""
+    from knn.build import build_model_dir
+
+    directory = tmp_path_factory.mktemp("graph-model")
+    build_model_dir(FIXTURES / "reviews.csv", directory, index_kind="graph")
+    return directory
+
+
+@pytest.fixture(scope="session")
 def fixture_search(fixture_model_dir):
     from knn.model_dir import load_model_dir
 

@@ -98,26 +98,16 @@ def test_a_graph_walks_the_codes_and_rescores_from_the_file(tmp_path):
     assert str(tmp_path / "vectors.npy") not in mapped_files()
 
 
-@pytest.fixture(scope="module")
-def graph_model_dir(tmp_path_factory):
-    """A graph model of the fixture reviews (what big catalogues get: int8 codes beside the float16 rows)."""
-    from knn.build import build_model_dir
-
-    directory = tmp_path_factory.mktemp("graph-model")
-    build_model_dir(FIXTURES / "reviews.csv", directory, index_kind="graph")
-    return directory
-
-
 TITLE_FILES = ("titles.parquet", "title_vectors.npy", "lexical/titles.npz", "lexical/titles_vocabulary.json")
 
 
 def _without_codes(source: Path, target: Path, titles: bool = True) -> Path:
-    """A copy of a model dir as written before the int8 codes and the stored texts (and, unless
+    """A copy of a model dir as written before the int8 codes, the stored texts and the shipped kernels (and, unless
     `titles`, before the product titles)."""
     shutil.copytree(source, target)
     manifest = json.loads((target / "manifest.json").read_text())
     for name in [n for n in manifest["files"] if "vector_codes" in n or "vector_scales" in n or n.startswith("texts/")
-                 or (not titles and n in TITLE_FILES)]:
+                 or n.startswith("kernels/") or (not titles and n in TITLE_FILES)]:
         del manifest["files"][name]
         (target / name).unlink()
     (target / "manifest.json").write_text(json.dumps(manifest))
@@ -163,8 +153,9 @@ def test_a_model_dir_written_before_the_codes_is_given_them(graph_model_dir, tmp
     added = add_serving_files(older)
     written = json.loads((graph_model_dir / "manifest.json").read_text())["files"]
     assert sorted(added) == sorted(n for n in written if "vector_codes" in n or "vector_scales" in n or
-                                   n.startswith("texts/") or n in TITLE_FILES)
+                                   n.startswith(("texts/", "kernels/")) or n in TITLE_FILES)
     assert "texts/catalog.review_body.txt" in added and "headline_vector_codes.npy" in added
+    assert any(n.startswith("kernels/") for n in added)
     verify_model_dir(older)
     for name in added:  # the very files a fit writes
         assert (older / name).read_bytes() == (graph_model_dir / name).read_bytes()
