@@ -115,7 +115,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         counts_extra["titles"] = int(len(corpus.titles))
     if index.kind == "graph":  # a big catalogue's layout: its texts are read per row when served
         _save_texts(directory, corpus.catalog, corpus.sentences, corpus.headlines)
-    rows = walked_rows(index.kind, extra.get("headline_index_kind"), vector_dtype,
+    rows = _walked_rows(index.kind, extra.get("headline_index_kind"), vector_dtype,
                        (directory / "vector_codes.npy").is_file())
     if rows:
         shipped_kernels.store(directory, rows)
@@ -213,7 +213,7 @@ def add_serving_files(directory: str | Path, title_vectors: np.ndarray | None = 
         headlines = pd.read_parquet(directory / "headlines.parquet") if "headlines.parquet" in files else None
         added += _save_texts(directory, pd.read_parquet(directory / "catalog.parquet"),
                              pd.read_parquet(directory / "sentences.parquet"), headlines)
-    rows = walked_rows(manifest.get("index_kind"), manifest.get("headline_index_kind"), manifest_vector_dtype(manifest),
+    rows = _walked_rows(manifest.get("index_kind"), manifest.get("headline_index_kind"), manifest_vector_dtype(manifest),
                        "vector_codes.npy" in files or "vector_codes.npy" in added)
     if rows and not any(name.startswith(shipped_kernels.KERNELS_DIR + "/") for name in files):
         added += shipped_kernels.store(directory, rows)
@@ -389,7 +389,7 @@ def _hand_back_freed_memory() -> None:
         trim(0)
 
 
-def walked_rows(index_kind: str | None, headline_index_kind: str | None, vector_dtype: str,
+def _walked_rows(index_kind: str | None, headline_index_kind: str | None, vector_dtype: str,
                 has_codes: bool) -> str | None:
     """What the numba graph walk reads in a model dir: "int8" codes (when it has vector_codes.npy),
     "float16" bits, or None for a model that no float16 graph searches (nothing is compiled)."""
@@ -408,7 +408,7 @@ def _compile_graph_walk_meanwhile(directory: Path) -> None:
     except ModelDirError:
         return
     files = manifest.get("files") or {}
-    rows = walked_rows(manifest.get("index_kind"), manifest.get("headline_index_kind"), manifest_vector_dtype(manifest),
+    rows = _walked_rows(manifest.get("index_kind"), manifest.get("headline_index_kind"), manifest_vector_dtype(manifest),
                        "vector_codes.npy" in files)
     if rows:
         from knn.float16_graph import compile_in_background

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def store(directory: str | Path, rows: str) -> list[str]:
     compile_for_read_only_rows(rows)
     source = _numba_cache_dir()
     target = directory / KERNELS_DIR
+    shutil.rmtree(target, ignore_errors=True)  # a dir fitted again: no kernels of an earlier source left over
     written = []
     for base, kernel in _file_bases().items():
         files = _kernel_files(source, base, kernel)
