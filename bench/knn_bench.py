@@ -2,7 +2,9 @@
 
 Run:  .venv/bin/python bench/knn_bench.py --model-dir /path/to/model_dir
       (sizes: --sizes 50000 200000 by default; --model-dir adds the model's real sentence vectors;
-      --vector-dtype float16 builds and walks the graph on float16 rows, as model dirs serve them)
+      --vector-dtype float16 builds and walks the graph on float16 rows; --vector-dtype int8 builds it
+      on float16 rows and walks their int8 codes, re-scoring from the float16 rows in a file, as graph
+      model dirs serve them)
 
 For each data set it builds, in the same process: knn.index.GraphIndex (pynndescent, exactly as the
 product builds and queries it), knn.index.ExactIndex (one matrix product) and hnswlib (M=16,
@@ -141,8 +143,9 @@ def _dir_bytes(directory: Path) -> int:
 
 def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, k: int = 10, epsilons=GRAPH_EPSILONS,
                   efs=HNSW_EFS, hnsw: bool = True, warmup: int = 20, vector_dtype: str = "float32") -> dict:
-    """`vector_dtype`: the rows the graph is built on and walks (float16: as model dirs serve them);
-    exact search, the ground truth and hnswlib stay float32."""
+    """`vector_dtype`: the rows the graph is built on and walks (float16; int8: built on float16 rows,
+    walking their int8 codes and re-scoring from the float16 rows read from a file, as graph model dirs
+    serve them); exact search, the ground truth and hnswlib stay float32."""
     from tqdm import tqdm
 
     from knn.index import ExactIndex, GraphIndex, compact_vectors
@@ -165,18 +168,21 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, k: int = 
     steps.update()
 
     # pynndescent graph, as the product builds and queries it
-    served = compact_vectors(vectors, vector_dtype)
+    served = compact_vectors(vectors, "float16" if vector_dtype == "int8" else vector_dtype)
     start = time.perf_counter()
     graph = GraphIndex.build(served)
     build_s = time.perf_counter() - start
+    rows_dir = tempfile.TemporaryDirectory()  # int8: the float16 rows' file, read while queries run
     with tempfile.TemporaryDirectory() as tmp:
         graph.save(Path(tmp))
         disk = _dir_bytes(Path(tmp))
+        if vector_dtype == "int8":
+            served = _int8_codes(served, Path(rows_dir.name))
         reloaded = GraphIndex.load(Path(tmp), served)
     nnd = reloaded._nnd
     graph_memory = int(nnd._search_graph.indices.nbytes + nnd._search_graph.indptr.nbytes
                        + sum(np.asarray(a).nbytes for tree in nnd._search_forest for a in tree[:4]))
-    copies_vectors = not np.shares_memory(nnd._raw_data, served)
+    copies_vectors = not np.shares_memory(nnd._raw_data, getattr(served, "codes", served))  # int8: walks the codes
     default_epsilon = reloaded.epsilon
     curve = []
     for epsilon in sorted(set(epsilons) | {default_epsilon}):
@@ -192,6 +198,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, k: int = 
     raw_ids, raw_ms = time_single(lambda q: nnd.query(q, k=k, epsilon=default_epsilon, return_distances=False)[0],
                                   queries, k)
     steps.update()
+    rows_dir.cleanup()
     result["methods"]["graph"] = {
         "build_s": build_s, "disk_bytes": disk,
         "memory_bytes": graph_memory + int(nnd._raw_data.nbytes if copies_vectors else 0),
@@ -227,6 +234,15 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, k: int = 
     steps.close()
     summarise(result)
     return result
+
+
+def _int8_codes(rows: np.ndarray, directory: Path):
+    """float16 rows as a graph model dir serves them: int8 codes in memory, the rows in a file."""
+    from knn.quantized_vectors import FileRows, QuantizedVectors, quantize
+
+    np.save(directory / "vectors.npy", rows, allow_pickle=False)
+    codes, scales = quantize(rows)
+    return QuantizedVectors(codes, scales, FileRows(directory / "vectors.npy"))
 
 
 def summarise(result: dict) -> None:
@@ -305,8 +321,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-hnswlib", action="store_true")
     parser.add_argument("--epsilons", type=float, nargs="*", default=list(GRAPH_EPSILONS))
     parser.add_argument("--efs", type=int, nargs="*", default=list(HNSW_EFS))
-    parser.add_argument("--vector-dtype", default="float32", choices=("float32", "float16"),
-                        help="rows the graph is built on and walks (float16: as model dirs store and serve them)")
+    parser.add_argument("--vector-dtype", default="float32", choices=("float32", "float16", "int8"),
+                        help="rows the graph is built on and walks (float16: as model dirs store them; int8: "
+                             "the codes of float16 rows, re-scored from the rows, as graph model dirs serve them)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "knn.json")
     args = parser.parse_args(argv)
 

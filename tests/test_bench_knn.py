@@ -84,6 +84,17 @@ def test_knn_bench_walks_float16_rows_when_asked(knn_bench, tmp_path):
     assert graph["memory_bytes"] < 2000 * 384 * 2  # the graph and tree, not a float32 copy of the rows
 
 
+def test_knn_bench_walks_int8_codes_when_asked(knn_bench, tmp_path):
+    out = tmp_path / "knn.json"
+    knn_bench.main(["--sizes", "2000", "--queries", "100", "--epsilons", "0.5", "--efs", "100",
+                    "--vector-dtype", "int8", "--out", str(out)])
+    (result,) = json.loads(out.read_text())["results"]["datasets"]
+    assert result["graph_vector_dtype"] == "int8"
+    graph = result["methods"]["graph"]
+    assert graph["copies_vectors"] is False and graph["curve"][0]["recall"] >= 0.95
+    assert graph["memory_bytes"] < 2000 * 384  # the graph and tree, not a copy of the rows
+
+
 def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
     scale_bench = _module("scale_bench")
     out = tmp_path / "scale.json"
