@@ -73,23 +73,13 @@ def test_knn_bench_tiny_run_writes_sane_json(knn_bench, tmp_path):
     assert all(isinstance(t["pass"], bool) or t["pass"] is None for t in data["targets"])
 
 
-def test_knn_bench_walks_float16_rows_when_asked(knn_bench, tmp_path):
+@pytest.mark.parametrize("rows", ["float16", "int8"])
+def test_knn_bench_walks_float16_rows_or_their_int8_codes_when_asked(knn_bench, tmp_path, rows):
     out = tmp_path / "knn.json"
     knn_bench.main(["--sizes", "2000", "--queries", "100", "--epsilons", "0.5", "--efs", "100",
-                    "--vector-dtype", "float16", "--out", str(out)])
+                    "--vector-dtype", rows, "--out", str(out)])
     (result,) = json.loads(out.read_text())["results"]["datasets"]
-    assert result["graph_vector_dtype"] == "float16"
-    graph = result["methods"]["graph"]
-    assert graph["copies_vectors"] is False and graph["curve"][0]["recall"] >= 0.95
-    assert graph["memory_bytes"] < 2000 * 384 * 2  # the graph and tree, not a float32 copy of the rows
-
-
-def test_knn_bench_walks_int8_codes_when_asked(knn_bench, tmp_path):
-    out = tmp_path / "knn.json"
-    knn_bench.main(["--sizes", "2000", "--queries", "100", "--epsilons", "0.5", "--efs", "100",
-                    "--vector-dtype", "int8", "--out", str(out)])
-    (result,) = json.loads(out.read_text())["results"]["datasets"]
-    assert result["graph_vector_dtype"] == "int8"
+    assert result["graph_vector_dtype"] == rows
     graph = result["methods"]["graph"]
     assert graph["copies_vectors"] is False and graph["curve"][0]["recall"] >= 0.95
     assert graph["memory_bytes"] < 2000 * 384  # the graph and tree, not a copy of the rows
