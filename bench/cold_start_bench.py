@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reviews", default=str(TOYS_10K))
     parser.add_argument("--model-dir", help="an existing model dir (default: build toys-10k's under --work-dir)")
     parser.add_argument("--work-dir", default=str(WORK_DIR))
-    parser.add_argument("--runs", type=int, default=3, help="warm runs (the median counts); one cold run")
+    parser.add_argument("--runs", type=int, default=3, help="warm runs (the median counts)")
     parser.add_argument("--cold-runs", type=int, default=1, help="runs of each cold kind (the median counts)")
     parser.add_argument("--no-cold", action="store_true")
     parser.add_argument("--out")

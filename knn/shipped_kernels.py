@@ -92,6 +92,7 @@ def store(directory: str | Path, rows: str) -> list[str]:
         files = _kernel_files(source, base, kernel)
         if not files:
             log.info("numba kept no cache files for %s in %s; serving will compile the walk", base, source)
+            shutil.rmtree(target, ignore_errors=True)  # both kernels or neither
             return []
         target.mkdir(parents=True, exist_ok=True)
         for path in files:

@@ -83,13 +83,18 @@ def test_encoder_bench_compares_with_sentence_transformers(tmp_path):
     assert 0.9 < _check_document(out, "encoder")["results"]["quality"]["cosine_mean"] <= 1.0
 
 
-def test_cold_start_bench_answers_from_a_fresh_process(tmp_path, fixture_model_dir):
+def test_cold_start_bench_answers_from_a_fresh_process(tmp_path, graph_model_dir):
+    """Warm, then cold: the shipped kernels apply (nothing compiled); on another CPU they do not (the
+    walk compiles), to the same answer."""
     cold_start = _module("cold_start_bench")
     out = tmp_path / "cold.json"
-    cold_start.main(["--model-dir", str(fixture_model_dir), "--work-dir", str(tmp_path / "work"), "--runs", "1",
-                     "--no-cold", "--out", str(out)])
-    run = _check_document(out, "cold_start")["results"]["warm_runs"][0]
+    cold_start.main(["--model-dir", str(graph_model_dir), "--work-dir", str(tmp_path / "work"), "--runs", "1",
+                     "--cold-runs", "1", "--out", str(out)])
+    results = _check_document(out, "cold_start")["results"]
+    run = results["warm_runs"][0]
     assert 0 < run["import_s"] + run["model_fn_s"] + run["first_query_s"] <= run["total_s"]
+    assert results["cold"][0]["walk_compiled"] is False and results["cold_other_cpu"][0]["walk_compiled"] is True
+    assert results["cold_answers_equal_warm"] is True
 
 
 @pytest.mark.integration
