@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from knn.numba_cache import ensure_numba_cache_dir
+from knn.numba_cache import share_knn_cache
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def route_cosine_builds() -> bool:
     with _lock:
         if "routed" in _state:
             return _state["routed"]
-        ensure_numba_cache_dir()
+        share_knn_cache()  # one cache for every copy of knn (each SageMaker-style job runs from a new code dir)
         import pynndescent
         import pynndescent.pynndescent_ as pynnd
 

@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from knn.numba_cache import ensure_numba_cache_dir
+from knn.numba_cache import share_knn_cache
 
 
 class Float16Graph:
@@ -175,7 +175,7 @@ def _jit_kernels():
     global _f16_alternative, _f16_distance, _f16_four_distances, _f16_walk, _f16_dots
     global _select_side, _tree_spill_leaves, _check_and_mark_visited, _widen, _heap_push, _rand_int
     global _seed_push, _seed_pop
-    ensure_numba_cache_dir()
+    share_knn_cache()
     import numba
 
     inline = numba.njit(fastmath=True, boundscheck=False)  # LLVM inlines them; numba's IR inlining compiled 3x slower

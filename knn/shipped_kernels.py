@@ -1,8 +1,8 @@
 """The graph walk's compiled numba kernels, carried in a model dir from the fit to serving.
 
-A serving process on a fresh machine has an empty numba cache: a new SageMaker instance, and every sim
-endpoint too (its code dir is new for each deploy, and numba keys its cache by the source file's
-folder). Compiling the walk is then most of the time to a first answer (~6 s of ~11 s on 2 cores).
+A serving process on a fresh machine has an empty numba cache: a new SageMaker instance (and, before
+knn.numba_cache.share_knn_cache, every sim endpoint: numba kept a cache folder per code dir).
+Compiling the walk is then most of the time to a first answer (~6 s of ~11 s on 2 cores).
 The fit compiles the same kernels, so it stores numba's own cache files for them in the model dir's
 `kernels/`, listed in the manifest like every other file. Before the walk is first compiled in a
 serving process, `install` copies them into that process's numba cache, next to where numba looks
@@ -28,8 +28,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from knn.numba_cache import ensure_numba_cache_dir
-
 log = logging.getLogger(__name__)
 
 KERNELS_DIR = "kernels"
@@ -37,14 +35,11 @@ KERNEL_NAMES = ("_f16_walk", "_f16_dots")  # knn.float16_graph's cached kernels 
 
 
 def _numba_cache_dir() -> Path:
-    """Where numba keeps this process's cache files for knn/float16_graph.py's functions."""
-    ensure_numba_cache_dir()
-    import numba
-    from numba.core.caching import UserProvidedCacheLocator
+    """Where numba keeps this process's cache files for knn/float16_graph.py's kernels (as its locator
+    for them says: knn.numba_cache), once they are jitted (not yet compiled)."""
+    from knn.float16_graph import float16_kernels
 
-    from knn import float16_graph
-
-    return Path(numba.config.CACHE_DIR) / UserProvidedCacheLocator.get_suitable_cache_subpath(float16_graph.__file__)
+    return Path(float16_kernels()[0].stats.cache_path)
 
 
 def _file_bases() -> dict[str, object]:
