@@ -51,7 +51,7 @@ from knn.cached_nn_descent import route_cosine_builds
 from knn.errors import IndexFileError
 from knn.float16_graph import WIDEN, Float16Graph, float16_kernels
 from knn.mapped_npz import load_npz, save_npz
-from knn.numba_cache import ensure_numba_cache_dir
+from knn.numba_cache import ensure_numba_cache_dir, share_knn_cache
 from knn.quantized_vectors import BLOCK_ROWS as _FILE_BLOCK_ROWS, QuantizedVectors
 
 log = logging.getLogger(__name__)
@@ -441,6 +441,7 @@ def _search_tree_arrays():
     """A numba function returning a pynndescent SearchIndex's tree arrays (views, no copies)."""
     global _TREE_GETTER
     if _TREE_GETTER is None:
+        share_knn_cache()
         import numba
 
         @numba.njit(cache=True)
