@@ -152,10 +152,15 @@ def test_a_model_dir_written_before_the_codes_is_given_them(graph_model_dir, tmp
     older = _without_codes(graph_model_dir, tmp_path / "older", titles=False)
     added = add_serving_files(older)
     written = json.loads((graph_model_dir / "manifest.json").read_text())["files"]
+    # The kernels are numba's cache files as they are when written: the entries the machine's cache
+    # holds then (other tests compile other signatures meanwhile), so they are compared by kind.
+    kernels = sorted(n for n in added if n.startswith("kernels/"))
+    added = [n for n in added if not n.startswith("kernels/")]
     assert sorted(added) == sorted(n for n in written if "vector_codes" in n or "vector_scales" in n or
-                                   n.startswith(("texts/", "kernels/")) or n in TITLE_FILES)
+                                   n.startswith("texts/") or n in TITLE_FILES)
     assert "texts/catalog.review_body.txt" in added and "headline_vector_codes.npy" in added
-    assert any(n.startswith("kernels/") for n in added)
+    assert sorted(n for n in kernels if n.endswith(".nbi")) == sorted(n for n in written if n.startswith("kernels/")
+                                                                     and n.endswith(".nbi"))
     verify_model_dir(older)
     for name in added:  # the very files a fit writes
         assert (older / name).read_bytes() == (graph_model_dir / name).read_bytes()
