@@ -637,7 +637,7 @@ class SimTransformJob:
             except socket.timeout:
                 last = f"no answer within {self.invocation_timeout:g} s (InvocationsTimeoutInSeconds)"
                 continue
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, or cut mid-answer (IncompleteRead)
                 if self._stop.is_set():
                     raise _Cancelled() from None
                 time.sleep(0.3)
