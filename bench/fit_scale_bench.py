@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reviews", default=str(TOYS_10K))
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--index-kind", default="auto", choices=["auto", "graph", "exact"])
+    parser.add_argument("--index-kind", default="auto", choices=["auto", "graph", "exact", "ivf"])
     parser.add_argument("--skip-small", action="store_true",
                         help="only the big catalogue (the small runs already in --out are kept)")
     parser.add_argument("--big", type=int, default=0, metavar="REVIEWS", help="also a tiled catalogue this big")

@@ -4,7 +4,7 @@ Thin glue over `knn` (shipped beside this file with `dependencies=['knn']`).
 
 Training (sagemaker-training toolkit): reads the reviews file in SM_CHANNEL_TRAIN, writes a model dir
 into SM_MODEL_DIR. With a channel `embedded` (SM_CHANNEL_EMBEDDED: the output of entry/embed.py, the first
-step of a two-step fit) it joins the precomputed sentences and vectors instead and builds the index. Hyperparameters arrive as --long-names: --index-kind auto|graph|exact,
+step of a two-step fit) it joins the precomputed sentences and vectors instead and builds the index. Hyperparameters arrive as --long-names: --index-kind auto|graph|exact|ivf,
 --threads N, --batch-size N, --n-neighbors N, --precision float32|int8 (the encoder's arithmetic; the
 model dir keeps that encoder for serving). A bad reviews file ends the job with a one-line reason.
 
@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's own limit on a request body
 # ---------------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build the review search model from a reviews file.")
-    parser.add_argument("--index-kind", "--index_kind", default="auto", choices=["auto", "graph", "exact"])
+    parser.add_argument("--index-kind", "--index_kind", default="auto", choices=["auto", "graph", "exact", "ivf"])
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SM_NUM_CPUS", "1") or 1))
     parser.add_argument("--batch-size", "--batch_size", type=int, default=64)
     parser.add_argument("--n-neighbors", "--n_neighbors", type=int, default=None)

@@ -100,6 +100,11 @@ def build_passage_indexes(corpus: Corpus, index_kind: str, n_neighbors: int | No
 
 
 def graph_epsilons(index, headline_index) -> dict:
-    """The calibrated search epsilons of graph indexes, for a fit's figures."""
-    return {f"{name}_epsilon": graph.epsilon for name, graph in (("sentence", index), ("headline", headline_index))
-            if getattr(graph, "calibration", None)}
+    """The calibrated search settings, for a fit's figures: each graph's epsilon, each inverted file's
+    nprobe."""
+    figures = {}
+    for name, built in (("sentence", index), ("headline", headline_index)):
+        if getattr(built, "calibration", None):
+            setting = "nprobe" if built.kind == "ivf" else "epsilon"
+            figures[f"{name}_{setting}"] = getattr(built, setting)
+    return figures

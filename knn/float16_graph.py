@@ -42,6 +42,8 @@ class Float16Graph:
         self._state = state
         codes = getattr(vectors, "codes", None)  # knn.quantized_vectors.QuantizedVectors: walk its int8 codes
         if codes is not None:
+            if getattr(vectors, "positions", None) is not None:
+                raise ValueError("a graph walks codes stored in row order; these are in an inverted file's order")
             self._raw_data, self._bits, self._query_scale = codes, codes, vectors.scales
         else:  # the model's float16 array itself (bench/ reads these attributes), read as its bits
             self._raw_data, self._bits, self._query_scale = vectors, vectors.view(np.int16), WIDEN

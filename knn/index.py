@@ -1,7 +1,9 @@
-"""Nearest-neighbour search over unit vectors: a pynndescent kNN graph, or exact search.
+"""Nearest-neighbour search over unit vectors: a pynndescent kNN graph, an inverted file, or exact search.
 
-`build_index(vectors, kind)` picks the structure: "graph" (pynndescent, cosine), "exact" (one matrix
-product), or "auto" (exact below GRAPH_MIN_VECTORS vectors, where a graph cannot pay for itself).
+`build_index(vectors, kind)` picks the structure: "graph" (pynndescent, cosine), "ivf" (k-means lists,
+knn.ivf_index), "exact" (one matrix product), or "auto" (exact below GRAPH_MIN_VECTORS vectors, where a
+graph cannot pay for itself; a graph up to IVF_MIN_VECTORS; an inverted file from there, where a
+pynndescent build takes ~11 min and ~7 GB a million vectors on 2 cores and clustering ~15 s).
 Both answer `query(queries, k) -> (ids, similarities)`, best first, with k clamped to the corpus and
 similarities re-scored exactly (pynndescent caps cosine distances at 1.0, so its distances are never
 used as scores).
@@ -24,7 +26,7 @@ Vectors may be float16 (what model dirs store and serve: half the memory; see
 `compact_vectors`) or float32 (model dirs written before, served as before). Every similarity is
 computed in float32, and no float32 copy of float16 rows is ever made: exact search and the graph's
 re-scoring of its candidates go through one cached numba kernel (`similarities`) that widens each
-component as it reads it.
+component as it reads it (knn.exact).
 
 pynndescent cannot walk float16 rows (numba has no float16 on the CPU), so over float16 rows the
 graph is walked by `knn.float16_graph.Float16Graph`, pynndescent's own search as a cached numba
@@ -49,10 +51,11 @@ import numpy as np
 
 from knn.cached_nn_descent import route_cosine_builds
 from knn.errors import IndexFileError
-from knn.float16_graph import WIDEN, Float16Graph, float16_kernels
+from knn.exact import ExactIndex, check_queries, similarities, top_k
+from knn.float16_graph import Float16Graph
 from knn.mapped_npz import load_npz, save_npz
 from knn.numba_cache import ensure_numba_cache_dir, share_knn_cache
-from knn.quantized_vectors import BLOCK_ROWS as _FILE_BLOCK_ROWS, QuantizedVectors
+from knn.quantized_vectors import QuantizedVectors
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ GRAPH_EPSILON = 0.3  # the least a graph searches with: calibration (GraphIndex.
 CALIBRATION_EPSILONS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)  # tried in order; the first to reach the target stays
 CALIBRATION_QUERIES = 200
 CALIBRATION_TARGET = 0.99  # recall@10 against exact search over the served rows
-INDEX_KINDS = ("auto", "graph", "exact")
+INDEX_KINDS = ("auto", "graph", "exact", "ivf")
+IVF_MIN_VECTORS = 1_000_000  # "auto" clusters from here on (knn.ivf_index): 15 s to build at 1M, a graph 11 min
 _STATE_FILE = "graph_state.json"
 _ARRAYS_FILE = "graph_arrays.npz"
 _FORMAT = 1
@@ -70,7 +74,6 @@ VECTOR_DTYPES = ("float16", "float32")
 DEFAULT_VECTOR_DTYPE = "float16"  # what a model dir stores and serves (model dirs written before: float32)
 _BLOCK_ROWS = 16_384  # rows converted at a time by compact_vectors (no float32 temporary of the whole array)
 _FLOAT16_TINY = np.float32(2.0 ** -14)  # float16's smallest normal
-_NUMPY_WIDEN_MAX = 1 << 18  # values (rows x dimensions) that `similarities` widens with numpy, not numba
 
 
 class VectorIndex(Protocol):
@@ -79,13 +82,6 @@ class VectorIndex(Protocol):
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     def save(self, directory: Path) -> list[Path]: ...
-
-
-def _check_queries(queries: np.ndarray, dimensions: int) -> np.ndarray:
-    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    if queries.shape[1] != dimensions:
-        raise ValueError(f"query vectors have {queries.shape[1]} dimensions, the index {dimensions}")
-    return queries
 
 
 def compact_vectors(vectors: np.ndarray, dtype: str = DEFAULT_VECTOR_DTYPE) -> np.ndarray:
@@ -116,69 +112,6 @@ def _servable(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors)
     dtype = np.float16 if vectors.dtype == np.float16 else np.float32
     return np.ascontiguousarray(vectors, dtype=dtype)
-
-
-def similarities(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """queries . vectors[rows].T (all rows when None), (n_queries, n_rows), computed in float32.
-
-    float16 vectors are never upcast as a whole: a cached numba kernel widens each row's float16 bits
-    as it reads them (knn.float16_graph). Measured at 200k x 384, one query: 20 ms, where numpy's
-    float16 -> float32 conversion alone takes ~300 ms (~4 ns a component) and float32 BLAS 50-60 ms.
-    QuantizedVectors are scored from their float16 rows, read from the file (the rows asked for, or a
-    block at a time), never from their int8 codes."""
-    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    if isinstance(vectors, QuantizedVectors):  # exact: the float16 rows, read from their file
-        if rows is not None:
-            return similarities(queries, vectors.rows.take(rows))
-        blocks = [similarities(queries, vectors.rows.block(begin, begin + _FILE_BLOCK_ROWS))
-                  for begin in range(0, len(vectors), _FILE_BLOCK_ROWS)]
-        return np.hstack(blocks) if blocks else np.zeros((len(queries), 0), np.float32)
-    if vectors.dtype != np.float16:
-        return queries @ (vectors if rows is None else vectors[rows]).T
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64).ravel()
-    if (len(vectors) if rows is None else len(rows)) * vectors.shape[1] <= _NUMPY_WIDEN_MAX:
-        # a few hundred rows (a graph's candidates, a small catalogue): numpy widens them in well under
-        # a millisecond, and a process that never needs the kernel never loads numba (~3.7 s)
-        return queries @ (vectors if rows is None else vectors[rows]).astype(np.float32).T
-    bits = vectors.view(np.int16)
-    rows = np.arange(len(vectors), dtype=np.int64) if rows is None else rows
-    out = np.empty((len(queries), len(rows)), dtype=np.float32)
-    if len(rows) and len(queries):
-        float16_kernels()[1](bits, rows, queries * WIDEN, out)
-    return out
-
-
-def _top_k(similarities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best-first top k per row; ties broken by the lower id (deterministic)."""
-    n = similarities.shape[1]
-    k = min(k, n)
-    if k == 0:
-        return np.zeros((similarities.shape[0], 0), np.int64), np.zeros((similarities.shape[0], 0), np.float32)
-    if k < n:
-        part = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
-    else:
-        part = np.tile(np.arange(n), (similarities.shape[0], 1))
-    part_sims = np.take_along_axis(similarities, part, axis=1)
-    order = np.lexsort((part, -part_sims), axis=1)
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    return ids, np.take_along_axis(part_sims, order, axis=1)
-
-
-class ExactIndex:
-    """Brute force: one matrix product against all vectors (float16 rows: `similarities`, in float32)."""
-
-    kind = "exact"
-
-    def __init__(self, vectors: np.ndarray):
-        self.vectors = vectors
-
-    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = _check_queries(queries, self.vectors.shape[1])
-        return _top_k(similarities(queries, self.vectors), k)  # float16: no float32 copy of the rows
-
-    def save(self, directory: Path) -> list[Path]:
-        return []
 
 
 class GraphIndex:
@@ -212,10 +145,10 @@ class GraphIndex:
         return cls(served, _searcher(_in_vector_order(state), served))
 
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = _check_queries(queries, self.vectors.shape[1])
+        queries = check_queries(queries, self.vectors.shape[1])
         k = min(k, len(self.vectors))
         if k == 0:
-            return _top_k(np.zeros((len(queries), 0), np.float32), 0)
+            return top_k(np.zeros((len(queries), 0), np.float32), 0)
         if k * 4 >= len(self.vectors):
             # Asking for a large part of the corpus: a graph walk cannot beat one matrix product,
             # and pynndescent pads what it cannot reach with duplicate ids.
@@ -489,7 +422,7 @@ def choose_kind(kind: str, n_vectors: int) -> str:
     if kind not in INDEX_KINDS:
         raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
     if kind == "auto":
-        return "graph" if n_vectors >= GRAPH_MIN_VECTORS else "exact"
+        return "ivf" if n_vectors >= IVF_MIN_VECTORS else "graph" if n_vectors >= GRAPH_MIN_VECTORS else "exact"
     if kind == "graph" and n_vectors < 3:
         return "exact"  # pynndescent needs a few points to build a graph at all
     return kind
@@ -504,6 +437,13 @@ def build_index(vectors: np.ndarray, kind: str = "auto", calibration_queries: np
     chosen = choose_kind(kind, len(vectors))
     if chosen == "exact":
         return ExactIndex(vectors)
+    if chosen == "ivf":
+        from knn.ivf_index import IvfIndex
+
+        ivf = IvfIndex.build(vectors)
+        if calibration_queries is not None:
+            ivf.calibrate(calibration_queries, calibration_k)
+        return ivf
     log.info("building a pynndescent graph over %d vectors (measured on 2 cores: ~13 s at 27k vectors, ~11 min "
              "at 1M; a machine's first build also compiles numba code once, ~50 s)", len(vectors))
     graph = GraphIndex.build(vectors, **graph_options)
@@ -517,4 +457,8 @@ def load_index(kind: str, directory: Path, vectors: np.ndarray) -> VectorIndex:
         return ExactIndex(vectors)
     if kind == "graph":
         return GraphIndex.load(directory, vectors)
+    if kind == "ivf":
+        from knn.ivf_index import IvfIndex
+
+        return IvfIndex.load(directory, vectors)
     raise IndexFileError(f"unknown index kind {kind!r} in the model dir; rebuild the model")

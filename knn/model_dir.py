@@ -9,23 +9,24 @@ Layout:
     sentences.parquet      sentence text and the catalog row it came from
     vectors.npy            unit vectors, one row per sentence, float16 ("vector_dtype" in the manifest; knn.index
                            searches float16 rows, computing in float32)
-    vector_codes.npy       with a graph index: the same vectors as int8 codes, and vector_scales.npy their
+    vector_codes.npy       with a graph or ivf index: the same vectors as int8 codes (an ivf index: in its
+                           lists' order, with vector_code_rows.npy and vector_code_positions.npy), and vector_scales.npy their
                            per-dimension scales (knn.quantized_vectors). The graph walks and the ranking read
                            the codes (mapped, so the workers of one machine share one copy); exact scores
                            read float16 rows from vectors.npy without mapping it. Without codes (exact
                            search, or model dirs written before them) vectors.npy itself is mapped.
-    index/                 the graph index's files (none for exact search)
+    index/                 the graph or ivf index's files (none for exact search)
     headlines.parquet      the review headlines that are searched (not "Five Stars"-style) and their catalog row
     headline_vectors.npy   unit vectors, one row per headline, in the same dtype (and headline_vector_codes.npy,
-                           headline_vector_scales.npy with a graph index)
-    headline_index/        the headlines' graph index files (none for exact search)
+                           headline_vector_scales.npy with a graph or ivf index)
+    headline_index/        the headlines' graph or ivf index files (none for exact search)
     titles.parquet         one row per product, sorted by product_id: product_id and its title (its first
                            review's product_title)
     title_vectors.npy      unit vectors, one row per title, in the same dtype; held when small (<= 32 MiB),
                            else read a few rows at a time when served (the candidates'), never mapped
     kernels/               with a float16 graph index: numba's compiled walk kernels, installed in a serving
                            process's numba cache before they are first needed (knn.shipped_kernels)
-    texts/                 with a graph index: the text columns that answers show (knn.stored_texts: the
+    texts/                 with a graph or ivf index: the text columns that answers show (knn.stored_texts: the
                            catalog's review_id, product_title, review_headline, review_body, each sentence and
                            headline) as UTF-8 plus row offsets, read a row at a time when served; the tables
                            above keep them too, but are then loaded without them
@@ -62,7 +63,7 @@ from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, f
 from knn.errors import ModelDirError
 from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
 from knn.lexical import LexicalIndex, passage_documents, review_documents, title_documents
-from knn.quantized_vectors import FileRows, QuantizedVectors, quantize
+from knn.quantized_vectors import FileRows, QuantizedVectors, inverse_order, quantize
 from knn.reviews import product_titles
 from knn.stored_texts import StoredTexts, write_texts
 from knn.stored_texts import files as text_files
@@ -75,6 +76,7 @@ MANIFEST = "manifest.json"
 # Not ours to verify: SageMaker's repack adds code/, and the SDK's local mode leaves the downloaded
 # archive beside what it extracted.
 IGNORED_TOP_LEVEL = {"code", "model.tar.gz"}
+CODED_INDEX_KINDS = ("graph", "ivf")  # indexes of big catalogues: int8 codes and stored texts are written
 
 
 def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, encoder_path: str | Path,
@@ -94,7 +96,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     precision = encoder_precision(read_settings(directory / "encoder"))
     corpus.catalog.to_parquet(directory / "catalog.parquet", index=False)
     corpus.sentences.to_parquet(directory / "sentences.parquet", index=False)
-    _save_vectors(directory, "", corpus.vectors, vector_dtype, index.kind)
+    _save_vectors(directory, "", corpus.vectors, vector_dtype, index)
     index.save(directory / "index")
     extra = dict(extra or {})
     counts_extra = {}
@@ -102,7 +104,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
         if headline_index is None:
             raise ValueError("headlines need their index: pass headline_index")
         corpus.headlines.to_parquet(directory / "headlines.parquet", index=False)
-        _save_vectors(directory, "headline_", corpus.headline_vectors, vector_dtype, headline_index.kind)
+        _save_vectors(directory, "headline_", corpus.headline_vectors, vector_dtype, headline_index)
         headline_index.save(directory / "headline_index")
         extra["headline_index_kind"] = headline_index.kind
         counts_extra["headlines"] = int(len(corpus.headlines))
@@ -113,7 +115,7 @@ def save_model_dir(directory: str | Path, corpus: Corpus, index: VectorIndex, en
     if corpus.titles is not None and corpus.title_vectors is not None and corpus.title_lexical is not None:
         _save_titles(directory, corpus.titles, corpus.title_vectors, corpus.title_lexical, vector_dtype)
         counts_extra["titles"] = int(len(corpus.titles))
-    if index.kind == "graph":  # a big catalogue's layout: its texts are read per row when served
+    if index.kind in CODED_INDEX_KINDS:  # a big catalogue's layout: its texts are read per row when served
         _save_texts(directory, corpus.catalog, corpus.sentences, corpus.headlines)
     rows = _walked_rows(index.kind, extra.get("headline_index_kind"), vector_dtype,
                        (directory / "vector_codes.npy").is_file())
@@ -156,13 +158,21 @@ def _write_manifest(directory: Path, manifest: dict) -> None:
     os.replace(temporary, directory / MANIFEST)
 
 
-def _save_vectors(directory: Path, prefix: str, vectors: np.ndarray, vector_dtype: str, index_kind: str) -> None:
-    """{prefix}vectors.npy; for a float16 graph also its int8 codes and their per-dimension scales
-    ({prefix}vector_codes.npy, {prefix}vector_scales.npy: what the graph walks and the ranking read)."""
+def _save_vectors(directory: Path, prefix: str, vectors: np.ndarray, vector_dtype: str, index) -> None:
+    """{prefix}vectors.npy; for a float16 graph or inverted file also its int8 codes and their
+    per-dimension scales ({prefix}vector_codes.npy, {prefix}vector_scales.npy: what the graph walks, the
+    inverted file scans and the ranking reads). An inverted file's codes are stored in its lists' order,
+    with {prefix}vector_code_rows.npy (the row of each code) and {prefix}vector_code_positions.npy (the
+    position of each row's code)."""
     stored = compact_vectors(vectors, vector_dtype)
     np.save(directory / f"{prefix}vectors.npy", stored, allow_pickle=False)
-    if vector_dtype == "float16" and index_kind == "graph":
+    if vector_dtype == "float16" and index.kind in CODED_INDEX_KINDS:
         codes, scales = quantize(stored)
+        if index.kind == "ivf":
+            order = np.asarray(index.rows, dtype=np.int32)
+            codes = codes[order]
+            np.save(directory / f"{prefix}vector_code_rows.npy", order, allow_pickle=False)
+            np.save(directory / f"{prefix}vector_code_positions.npy", inverse_order(order), allow_pickle=False)
         np.save(directory / f"{prefix}vector_codes.npy", codes, allow_pickle=False)
         np.save(directory / f"{prefix}vector_scales.npy", scales, allow_pickle=False)
 
@@ -318,7 +328,7 @@ def verify_model_dir(directory: str | Path) -> dict:
 def _load_vectors(directory: Path, prefix: str, vector_dtype: str, listed: dict):
     """A model's vectors as they are served.
 
-    With int8 codes (float16 graph models): QuantizedVectors, the codes mapped read-only and the float16
+    With int8 codes (float16 graph and inverted-file models): QuantizedVectors, the codes mapped read-only and the float16
     rows read from their file when asked for (knn.quantized_vectors), never mapped. Other float16 vectors
     (exact search, or model dirs written before the codes) are mapped read-only from the file. Either
     way every worker that serves the same model dir (the endpoint's, on one machine) reads the same
@@ -328,6 +338,11 @@ def _load_vectors(directory: Path, prefix: str, vector_dtype: str, listed: dict)
     if vector_dtype == "float16" and f"{prefix}vector_codes.npy" in listed:
         codes = np.asarray(np.load(directory / f"{prefix}vector_codes.npy", allow_pickle=False, mmap_mode="r"))
         scales = np.load(directory / f"{prefix}vector_scales.npy", allow_pickle=False)
+        if f"{prefix}vector_code_rows.npy" in listed:  # stored in an inverted file's order
+            code_rows, positions = (np.asarray(np.load(directory / f"{prefix}vector_code_{name}.npy",
+                                                       allow_pickle=False, mmap_mode="r"))
+                                    for name in ("rows", "positions"))
+            return QuantizedVectors(codes, scales, FileRows(path), code_rows, positions)
         return QuantizedVectors(codes, scales, FileRows(path))
     if vector_dtype == "float16":
         return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))

@@ -10,6 +10,10 @@ the float16 bytes stay in the page cache (shared by every process, and reclaimab
 process's RSS. On 1M synthetic sentences the int8 codes alone found the exact top 10 for 0.978 of the
 neighbours; the top 64 by int8, re-scored from the float16 rows, for 1.000.
 
+An inverted file (knn.ivf_index) scans its lists' codes one list after another, so a model with one
+stores its codes in the lists' order (`QuantizedVectors.in_order`: the codes' rows and each row's
+position beside them); everything else still asks by row.
+
 Why not a library: numpy's memmap (and pyarrow's or h5py's mapped reads) is the mapping being avoided;
 pynndescent's own int8 quantization re-ranks on float32 rows held in memory.
 """
@@ -98,15 +102,28 @@ class QuantizedVectors:
 
     ndim = 2
 
-    def __init__(self, codes: np.ndarray, scales: np.ndarray, rows: FileRows):
+    def __init__(self, codes: np.ndarray, scales: np.ndarray, rows: FileRows, code_rows: np.ndarray | None = None,
+                 positions: np.ndarray | None = None):
         if codes.dtype != np.int8 or codes.ndim != 2 or codes.shape != rows.shape:
             raise ValueError(f"int8 codes {codes.dtype} {codes.shape} do not match the rows {rows.shape}")
         if np.shape(scales) != (codes.shape[1],):
             raise ValueError(f"{np.shape(scales)} scales for {codes.shape[1]} dimensions")
+        if (code_rows is None) != (positions is None) or (code_rows is not None and (
+                np.shape(code_rows) != (len(codes),) or np.shape(positions) != (len(codes),))):
+            raise ValueError("codes in another order need both their rows and the rows' positions, one per code")
         self.codes = codes
         self.scales = np.ascontiguousarray(scales, dtype=np.float32)
         self.rows = rows
+        self.code_rows = code_rows  # None: codes[i] is row i; else codes[i] is row code_rows[i]
+        self.positions = positions  # row -> its code's position (the inverse of code_rows)
         self.shape, self.dtype = rows.shape, rows.dtype
+
+    @classmethod
+    def in_order(cls, codes: np.ndarray, scales: np.ndarray, rows: FileRows, order: np.ndarray) -> "QuantizedVectors":
+        """Row-ordered `codes` stored in `order` (codes[order], e.g. an inverted file's lists one after
+        another, so that a list's codes are read in one pass: ~9x faster than the same rows apart)."""
+        order = np.asarray(order, dtype=np.int32)
+        return cls(np.ascontiguousarray(codes[order]), scales, rows, order, inverse_order(order))
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -116,18 +133,35 @@ class QuantizedVectors:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32) * self.scales
         if rows is not None:
             rows = np.asarray(rows, dtype=np.int64).ravel()
-        count = len(self) if rows is None else len(rows)
+        if self.positions is not None:  # codes stored in another order: where each row's code is
+            rows = np.asarray(self.positions if rows is None else self.positions[rows], dtype=np.int64)
+        return self.approximate_at(queries, rows, scaled=True)
+
+    def approximate_at(self, queries: np.ndarray, positions: np.ndarray | None, scaled: bool = False) -> np.ndarray:
+        """queries . (codes x scales)[positions].T: by position in the codes as stored (all when None)."""
+        if not scaled:
+            queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32) * self.scales
+        count = len(self) if positions is None else len(positions)
         if count * self.shape[1] <= _NUMPY_MAX:
-            codes = self.codes if rows is None else self.codes[rows]
+            codes = self.codes if positions is None else self.codes[positions]
             return queries @ codes.astype(np.float32).T
         from knn.float16_graph import float16_kernels
 
-        rows = np.arange(len(self), dtype=np.int64) if rows is None else rows
-        out = np.empty((len(queries), len(rows)), dtype=np.float32)
+        positions = np.arange(len(self), dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
+        out = np.empty((len(queries), len(positions)), dtype=np.float32)
         if len(queries):
-            float16_kernels()[1](self.codes, rows, queries, out)
+            float16_kernels()[1](self.codes, positions, queries, out)
         return out
 
     def float32_block(self, begin: int, end: int) -> np.ndarray:
         """Rows begin..end-1 as float32, from the codes (what `approximate` scores)."""
+        if self.positions is not None:
+            return self.codes[self.positions[begin:end]].astype(np.float32) * self.scales
         return self.codes[begin:end].astype(np.float32) * self.scales
+
+
+def inverse_order(order: np.ndarray) -> np.ndarray:
+    """positions such that positions[order[i]] == i (int32)."""
+    positions = np.empty(len(order), dtype=np.int32)
+    positions[np.asarray(order)] = np.arange(len(order), dtype=np.int32)
+    return positions

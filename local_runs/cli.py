@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     def reviews_options(p):
         p.add_argument("--reviews", metavar="FILE",
                        help="reviews CSV/TSV, optionally .gz (default: the 111 fixture reviews shipped with the package)")
-        p.add_argument("--index-kind", choices=["auto", "graph", "exact"],
-                       help="kNN index: graph (pynndescent), exact, or auto (graph from 5,000 vectors; default)")
+        p.add_argument("--index-kind", choices=["auto", "graph", "exact", "ivf"],
+                       help="kNN index: graph (pynndescent), exact, ivf (inverted file), or auto (graph from "
+                            "5,000 vectors, ivf from 1,000,000; default)")
         p.add_argument("--precision", choices=["float32", "int8"],
                        help="encoder precision for the whole model (default float32; int8 embeds faster, "
                             "measured slightly lower search quality: see README Performance)")
