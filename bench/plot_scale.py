@@ -3,8 +3,8 @@ projection to 10M sentences against an ml.m4.xlarge's 16 GiB.
 
     .venv/bin/python bench/plot_scale.py [--results bench/results] [--out docs/scale.png]
 
-Reads every bench/results/scale*.json that bench/scale_bench.py wrote (one per size, e.g.
-`scale_bench.py --sentences 100000 --out bench/results/scale-100k.json`). Left: the peak RSS of one
+Reads every bench/results/scale*.json that bench/scale_bench.py wrote (e.g. `scale_bench.py --sentences
+100000 --out bench/results/scale-100k.json`) and keeps the newest run of each size. Left: the peak RSS of one
 serving process, and the PSS in all of the 2-worker runs where there are some; the dashed line is a
 least-squares line through the one-process points (RSS grows linearly with the sentences held),
 carried on to 10M, beside the 16 GiB line. Right: single-query p50 and p99 of the search. The
@@ -35,12 +35,18 @@ def load_points(directory: Path) -> list[dict]:
             continue
         peak = max(m["vm_hwm_bytes"] or m["ru_maxrss_bytes"] for m in serve["memory"].values())
         workers = results.get("workers")
-        points.append({"file": path.name, "sentences": serve["sentences"], "peak_rss": peak,
+        points.append({"file": path.name, "date": json.loads(path.read_text()).get("date", ""),
+                       "sentences": serve["sentences"], "peak_rss": peak,
+                       "index_kind": (results.get("build") or {}).get("index_kind"),
                        "vectors": serve["holdings_bytes"].get("vectors", 0),
                        "workers_pss": sum(workers["pss_bytes_each"]) if workers else None,
                        "workers": workers["count"] if workers else None,
                        "p50": serve["search_vectors_ms"]["p50"], "p99": serve["search_vectors_ms"]["p99"]})
-    return sorted(points, key=lambda point: point["sentences"])
+    newest: dict[int, dict] = {}  # one point per size: the latest run (older files keep their history)
+    for point in points:
+        if point["sentences"] not in newest or point["date"] > newest[point["sentences"]]["date"]:
+            newest[point["sentences"]] = point
+    return sorted(newest.values(), key=lambda point: point["sentences"])
 
 
 def projection(points: list[dict]) -> tuple[float, float] | None:
@@ -87,7 +93,8 @@ def render(points: list[dict], out: Path) -> Path:
     latency.set_ylabel("ms per query (search, query vector given)")
     latency.set_title("single-query search latency", fontsize=10)
     latency.legend(fontsize=7)
-    figure.suptitle("bench/scale_bench.py, synthetic vectors; " + ", ".join(p["file"] for p in points), fontsize=8)
+    figure.suptitle("bench/scale_bench.py, synthetic vectors; " + ", ".join(f"{p['file']} ({p['index_kind']})"
+                                                                      for p in points), fontsize=8)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
@@ -104,7 +111,7 @@ def main(argv=None) -> int:
     path = render(points, Path(args.out))
     for point in points:
         print(f"{point['sentences']:>10,} sentences: peak RSS {point['peak_rss'] / GIB:.2f} GiB, "
-              f"p50 {point['p50']:.2f} / p99 {point['p99']:.2f} ms ({point['file']})")
+              f"p50 {point['p50']:.2f} / p99 {point['p99']:.2f} ms ({point['file']}, {point['index_kind']} index)")
     line = projection(points)
     if line is not None:
         print(f"projection (arithmetic, not measured): {(line[0] * PROJECT_TO + line[1]) / GIB:.1f} GiB at 10M")

@@ -121,10 +121,15 @@ def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
     bigger = json.loads(out.read_text())
     bigger["results"]["serve"]["sentences"] = 3000
     (tmp_path / "scale-3000.json").write_text(json.dumps(bigger))
+    older = json.loads(out.read_text())  # an earlier run of a size already there: the newest counts
+    older["date"] = "2000-01-01T00:00:00+00:00"
+    older["results"]["serve"]["search_vectors_ms"]["p50"] = 999.0
+    (tmp_path / "scale-old.json").write_text(json.dumps(older))
     plot_scale = _module("plot_scale")
     assert plot_scale.main(["--results", str(tmp_path), "--out", str(tmp_path / "scale.png")]) == 0
     assert (tmp_path / "scale.png").stat().st_size > 10_000
-    assert [p["sentences"] for p in plot_scale.load_points(tmp_path)] == [1500, 3000]
+    points = plot_scale.load_points(tmp_path)
+    assert [p["sentences"] for p in points] == [1500, 3000] and points[0]["p50"] != 999.0
 
 
 def test_recall_counts_tied_duplicates_as_found(knn_bench):
