@@ -7,7 +7,9 @@ passage (each body sentence and each kept headline). Tokens are runs of letters/
 accents folded, English stop words dropped, Porter-stemmed (nltk, pure Python, no data download).
 
 An index is a sparse matrix of precomputed BM25 term weights (documents x terms, CSC so that the
-columns of a query's terms are cheap to add up) plus the vocabulary. It is saved as `.npz` (allow_pickle
+columns of a query's terms are cheap to add up) plus the vocabulary. Each term's postings are stored
+heaviest first and a query reads at most POSTINGS_PER_TERM of them: in a catalogue of millions the
+common words' light postings (long documents) are skipped, the documents that score on them are not. It is saved as `.npz` (allow_pickle
 off) and JSON, and rebuilt from the catalog when a model dir has none (older model dirs).
 """
 from __future__ import annotations
@@ -33,6 +35,10 @@ _FORMAT = 1
 # dense sum (at 1M passages, side by side: p50 4.97 ms vs 9.83 by sorting alone). Crossover measured at
 # 1.2M documents, 4 columns: 50k postings 3.7 ms dense vs 3.3 sorted, 100k 6.5 vs 6.9, 300k 6.1 vs 23.0.
 _DENSE_BELOW = 16
+# The most postings a query reads per term (the heaviest: a fit stores them by weight). Only terms in
+# more documents than this lose any, i.e. the common words of a catalogue of millions of passages;
+# measured at 5M passages: BM25 was ~2/3 of a query's time reading all of them (README, issue 14).
+POSTINGS_PER_TERM = 1 << 16
 _TOKEN = re.compile(r"[^\W_]+")
 # Headlines Amazon fills in from the star rating: they say nothing the rating does not.
 STAR_HEADLINE = re.compile(r"^\s*(one|two|three|four|five)\s+stars?\s*$", re.IGNORECASE)
@@ -74,12 +80,15 @@ def tokens(text: str) -> list[str]:
 class LexicalIndex:
     """BM25 weights of every document for every term; `scores(query)` adds up the query's columns."""
 
-    def __init__(self, vocabulary: Sequence[str], weights):
+    def __init__(self, vocabulary: Sequence[str], weights, by_weight: bool = False):
         from scipy.sparse import csc_array
 
         self.vocabulary = list(vocabulary)
         self._column = {term: column for column, term in enumerate(self.vocabulary)}
         self.weights = csc_array(weights)
+        # True: each term's postings are stored heaviest first (`by_weight`), and a query reads at most
+        # POSTINGS_PER_TERM of them; False (model dirs written before): stored by document, all read.
+        self.by_weight = by_weight
         if self.weights.shape[1] != len(self.vocabulary):
             raise ValueError(f"{self.weights.shape[1]} weight columns for {len(self.vocabulary)} terms")
 
@@ -117,7 +126,7 @@ class LexicalIndex:
         weight = idf[columns_a] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length[rows_a] / average))
         matrix = csc_array((weight.astype(np.float32), (rows_a, columns_a)), shape=(n_documents, len(vocabulary)))
         matrix.sum_duplicates()
-        return cls(list(vocabulary), matrix)
+        return cls(list(vocabulary), by_weight(matrix), by_weight=True)
 
     def _terms(self, query: str | Sequence[str]) -> set[str]:
         return set(tokens(query if isinstance(query, str) else " ".join(query)))
@@ -133,12 +142,17 @@ class LexicalIndex:
         """The documents holding any of the query's terms (ascending) and their BM25, float32.
 
         Reads only the query terms' postings, so its cost follows how common the words are, not how
-        many documents there are (what keeps a query fast at a million passages)."""
+        many documents there are (what keeps a query fast at a million passages); of a term stored by
+        weight, its POSTINGS_PER_TERM heaviest."""
         columns = sorted(self._column[t] for t in self._terms(query) if t in self._column)
         weights = self.weights
         if not columns:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        spans = [slice(weights.indptr[c], weights.indptr[c + 1]) for c in columns]
+        indptr = weights.indptr
+        if self.by_weight:  # each term's heaviest POSTINGS_PER_TERM documents
+            spans = [slice(indptr[c], min(indptr[c + 1], indptr[c] + POSTINGS_PER_TERM)) for c in columns]
+        else:
+            spans = [slice(indptr[c], indptr[c + 1]) for c in columns]
         rows = np.concatenate([weights.indices[span] for span in spans])  # the postings, column after column
         values = np.concatenate([weights.data[span] for span in spans])
         if len(columns) > 1 and len(rows) * _DENSE_BELOW > self.n_documents:
@@ -150,6 +164,9 @@ class LexicalIndex:
             return unique, sums[unique].astype(np.float32)
         values = values.astype(np.float32, copy=False)
         if len(columns) == 1:
+            if self.by_weight:  # back to document order
+                order = np.argsort(rows, kind="stable")
+                rows, values = rows[order], values[order]
             return rows.astype(np.int64, copy=False), values
         unique, inverse = np.unique(rows, return_inverse=True)
         return unique.astype(np.int64, copy=False), np.bincount(inverse, weights=values).astype(np.float32)
@@ -174,7 +191,8 @@ class LexicalIndex:
         save_npz(arrays_path, {"data": matrix.data.astype(np.float32), "indices": matrix.indices.astype(np.int32),
                                "indptr": matrix.indptr.astype(np.int64),
                                "shape": np.asarray(matrix.shape, dtype=np.int64)})  # aligned: load maps them
-        vocabulary_path.write_text(json.dumps({"format": _FORMAT, "k1": K1, "b": B, "vocabulary": self.vocabulary},
+        vocabulary_path.write_text(json.dumps({"format": _FORMAT, "k1": K1, "b": B, "vocabulary": self.vocabulary,
+                                               "postings": "by_weight" if self.by_weight else "by_document"},
                                               ensure_ascii=False))
         return [arrays_path, vocabulary_path]
 
@@ -197,7 +215,20 @@ class LexicalIndex:
             raise IndexFileError(f"cannot read the lexical index {name} in {directory}: {exc}; rebuild the model") from None
         if meta.get("format") != _FORMAT or shape[0] != n_documents or shape[1] != len(meta.get("vocabulary", ())):
             raise IndexFileError(f"the lexical index {name} in {directory} does not match the model's data; rebuild the model")
-        return cls(meta["vocabulary"], matrix)
+        return cls(meta["vocabulary"], matrix, by_weight=meta.get("postings") == "by_weight")
+
+
+def by_weight(matrix):
+    """The CSC weights with each term's postings heaviest first (ties by document), the same entries."""
+    from scipy.sparse import csc_array
+
+    matrix = csc_array(matrix)
+    indptr = np.asarray(matrix.indptr)
+    columns = np.repeat(np.arange(matrix.shape[1]), np.diff(indptr))
+    order = np.lexsort((matrix.indices, -matrix.data, columns))
+    reordered = csc_array((matrix.data[order], matrix.indices[order], indptr), shape=matrix.shape)
+    reordered.has_sorted_indices = False
+    return reordered
 
 
 def review_documents(catalog) -> list[str]:
