@@ -152,3 +152,14 @@ def test_vector_dtype_bench_tiny_run_compares_float32_and_float16(tmp_path):
     assert float16["recall_at_10_ids"] >= 0.95 and float32["recall_at_10_ids"] >= 0.95
     assert float16["max_score_error_vs_float32"] < 1e-3
     assert float16["graph_k10_ms"]["p50"] > 0
+
+
+def test_postings_cap_bench_compares_both_ways_side_by_side(fixture_model_dir, tmp_path):
+    bench = _module("postings_cap_bench")
+    out = tmp_path / "postings_cap.json"
+    data = bench.main(["--model-dir", str(fixture_model_dir), "--queries", "60", "--out", str(out)])
+    assert data["queries"] == 60 and json.loads(out.read_text())["results"]["queries"] == 60
+    # no term of the fixtures has anywhere near POSTINGS_PER_TERM postings: the same answers both ways
+    assert data["top10_products_shared"] == 1.0 and data["top10_identical_queries"] == 1.0
+    assert all(0 < data[kind][way]["p50"] <= data[kind][way]["p99"] for kind in ("search_ms", "bm25_ms")
+               for way in ("all", "capped"))
