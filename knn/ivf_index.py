@@ -3,17 +3,18 @@ query scanning the lists of its nearest centroids.
 
 Why: a pynndescent graph took 545 s and held 6.7 GB to build for 1M sentences on 2 cores (~4 KB a
 vector), so 5M cannot be built on one 24 GiB machine in half an hour; hnswlib's insertion slowed to
-~4,500 rows/s at 1M here (~20 min for 5M, more with the headlines). Clustering needs one k-means on a
-sample and one matrix product per block of rows: at 1M on these 2 cores ~1 min in all.
+~4,600 rows/s by 1M rows here (over 20 min for 5M sentences and their headlines, and still slowing).
+Clustering needs one k-means on a sample and one matrix product per block of rows: 15 s in all at 1M
+on these 2 cores (7.1 s of k-means, 8.0 s to assign every row).
 
 How a query runs: its similarity to every centroid (one small matrix product), the `nprobe` nearest
-lists, an approximate score for each of their rows (the model's int8 codes, `QuantizedVectors`, the same
-codes the ranking reads, so no second copy of the vectors is held; a model dir stores them in the
-lists' order, so that a list is read in one pass), the best RESCORED (or `k`, when
-more) of them re-scored exactly from the float16 rows (read from the model's file) and the best `k` of
-those returned. `nprobe` is calibrated per
-catalogue when the index is built, as a graph's epsilon is (`calibrate`): the least number of lists
-that holds CALIBRATION_TARGET of the true top 10 of held-out queries.
+lists, an approximate score for each of their rows (the model's int8 codes, `QuantizedVectors`, the
+same codes the ranking reads, so no second copy of the vectors is held; a model dir stores them in the
+lists' order, so that a list is read in one pass), the best RESCORED of them (or `k`, when more)
+re-scored exactly from the float16 rows (read from the model's file), and the best `k` of those
+returned. `nprobe` is calibrated per catalogue when the index is built, as a graph's epsilon is
+(`calibrate`): the least number of lists that holds CALIBRATION_TARGET of the true top 10 of held-out
+queries.
 
 Why not faiss's IVF: it keeps its own copy of the codes in its own layout, beside the model's int8 codes
 that the ranking reads (1.9 GB more per machine at 5M); here faiss would only have done the k-means,
