@@ -8,9 +8,10 @@ accents folded, English stop words dropped, Porter-stemmed (nltk, pure Python, n
 
 An index is a sparse matrix of precomputed BM25 term weights (documents x terms, CSC so that the
 columns of a query's terms are cheap to add up) plus the vocabulary. Each term's postings are stored
-heaviest first and a query reads at most POSTINGS_PER_TERM of them: in a catalogue of millions the
-common words' light postings (long documents) are skipped, the documents that score on them are not. It is saved as `.npz` (allow_pickle
-off) and JSON, and rebuilt from the catalog when a model dir has none (older model dirs).
+heaviest first and a query reads at most POSTINGS_PER_TERM of them: in a catalogue of millions a common
+word's lightest postings (its long documents) are skipped, while those documents still score on the
+query's rarer words. It is saved as `.npz` (allow_pickle off) and JSON, and rebuilt from the catalog
+when a model dir has none (older model dirs).
 """
 from __future__ import annotations
 
