@@ -141,18 +141,13 @@ class IvfIndex:
             if len(positions) < k:  # too few rows in the probed lists: scan them all
                 positions = np.arange(len(self.vectors), dtype=np.int64)
             candidates = np.asarray(self.rows[positions], dtype=np.int64)
-            if self._coded:  # approximate over the codes, a list at a time, then exact
-                rough = self.vectors.approximate_at(query, positions)[0]
-                kept = max(k, RESCORED)
-                if kept < len(candidates):
-                    candidates = np.sort(candidates[np.argpartition(-rough, kept - 1)[:kept]])
-            elif isinstance(self.vectors, QuantizedVectors):
-                rough = self.vectors.approximate(query, candidates)[0]
-                kept = max(k, RESCORED)
-                if kept < len(candidates):
-                    candidates = np.sort(candidates[np.argpartition(-rough, kept - 1)[:kept]])
-            else:
-                candidates = np.sort(candidates)
+            kept = max(k, RESCORED)
+            if isinstance(self.vectors, QuantizedVectors) and kept < len(candidates):
+                # approximate over the codes (in list order: a list at a time), then exact for the best
+                rough = (self.vectors.approximate_at(query, positions) if self._coded
+                         else self.vectors.approximate(query, candidates))[0]
+                candidates = candidates[np.argpartition(-rough, kept - 1)[:kept]]
+            candidates = np.sort(candidates)
             scores = similarities(query, self.vectors, candidates)
             top, top_sims = top_k(scores, k)
             ids[number], sims[number] = candidates[top[0]], top_sims[0]
