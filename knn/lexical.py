@@ -6,12 +6,21 @@ headline, unless it is an automatic "Five Stars"-style one, and its body), and o
 passage (each body sentence and each kept headline). Tokens are runs of letters/digits, lower-cased,
 accents folded, English stop words dropped, Porter-stemmed (nltk, pure Python, no data download).
 
-An index is a sparse matrix of precomputed BM25 term weights (documents x terms, CSC so that the
-columns of a query's terms are cheap to add up) plus the vocabulary. Each term's postings are stored
-heaviest first and a query reads at most POSTINGS_PER_TERM of them: in a catalogue of millions a common
-word's lightest postings (its long documents) are skipped, while those documents still score on the
-query's rarer words. It is saved as `.npz` (allow_pickle off) and JSON, and rebuilt from the catalog
-when a model dir has none (older model dirs).
+An index is a sparse matrix of precomputed BM25 term weights plus the vocabulary, held twice: by term
+(CSC: a term's postings, stored heaviest first) and by document (CSR: a document's terms). Search asks
+two things of it:
+- `best`: the documents with the highest BM25, read from the heaviest postings of the query's terms.
+  It reads them to a depth of 4,096 per term, then 16,384, then POSTINGS_PER_TERM (65,536), and stops
+  as soon as no document it has not read can reach the best `count` (the threshold algorithm of Fagin
+  et al. on impact-ordered postings; the ones that might are scored whole by document). Only when
+  that takes more than POSTINGS_PER_TERM postings of a term (common words in a catalogue of millions)
+  is the answer approximate: the sums of the postings read.
+- `scores_of`: the exact BM25 of given documents (the candidates' reviews, passages and titles), read
+  by document, so that a candidate's score never depends on how common the query's words are.
+`hits` (every document holding a query term, with its BM25) stays for whole-catalogue uses. The
+arrays are saved as one `.npz` (allow_pickle off) with the vocabulary in JSON, and rebuilt from the
+catalog when a model dir has none (older model dirs); a model dir written before the by-document copy
+gets it built when it is first needed (in memory, not shared between workers).
 """
 from __future__ import annotations
 
@@ -40,6 +49,11 @@ _DENSE_BELOW = 16
 # more documents than this lose any, i.e. the common words of a catalogue of millions of passages;
 # measured at 5M passages: BM25 was ~2/3 of a query's time reading all of them (README, issue 14).
 POSTINGS_PER_TERM = 1 << 16
+# The depths `best` reads each term's postings to, in turn (the last is POSTINGS_PER_TERM).
+_DEPTHS = (1 << 12, 1 << 14, POSTINGS_PER_TERM)
+# `best` scores by document at most this many documents that might still reach the best `count`;
+# more, and it reads deeper instead (each document's row costs about what its postings cost).
+_SCORED_AT_MOST = 1 << 14
 _TOKEN = re.compile(r"[^\W_]+")
 # Headlines Amazon fills in from the star rating: they say nothing the rating does not.
 STAR_HEADLINE = re.compile(r"^\s*(one|two|three|four|five)\s+stars?\s*$", re.IGNORECASE)
@@ -81,12 +95,15 @@ def tokens(text: str) -> list[str]:
 class LexicalIndex:
     """BM25 weights of every document for every term; `scores(query)` adds up the query's columns."""
 
-    def __init__(self, vocabulary: Sequence[str], weights, by_weight: bool = False):
+    def __init__(self, vocabulary: Sequence[str], weights, by_weight: bool = False, by_document=None):
         from scipy.sparse import csc_array
 
         self.vocabulary = list(vocabulary)
         self._column = {term: column for column, term in enumerate(self.vocabulary)}
         self.weights = csc_array(weights)
+        # The same weights by document (CSR, each row's terms ascending); made from `weights` when
+        # first needed if not given (model dirs written before it was stored).
+        self._by_document = by_document
         # True: each term's postings are stored heaviest first (`by_weight`), and a query reads at most
         # POSTINGS_PER_TERM of them; False (model dirs written before): stored by document, all read.
         self.by_weight = by_weight
@@ -127,10 +144,74 @@ class LexicalIndex:
         weight = idf[columns_a] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length[rows_a] / average))
         matrix = csc_array((weight.astype(np.float32), (rows_a, columns_a)), shape=(n_documents, len(vocabulary)))
         matrix.sum_duplicates()
-        return cls(list(vocabulary), by_weight(matrix), by_weight=True)
+        return cls(list(vocabulary), by_weight(matrix), by_weight=True, by_document=_by_document(matrix))
 
     def _terms(self, query: str | Sequence[str]) -> set[str]:
         return set(tokens(query if isinstance(query, str) else " ".join(query)))
+
+    def columns(self, query: str | Sequence[str]) -> np.ndarray:
+        """The query's distinct terms that some document holds, as ascending column numbers."""
+        return np.asarray(sorted(self._column[t] for t in self._terms(query) if t in self._column), dtype=np.int64)
+
+    @property
+    def by_document(self):
+        """The weights as CSR (documents x terms, each row's terms ascending)."""
+        if self._by_document is None:
+            self._by_document = _by_document(self.weights)
+        return self._by_document
+
+    def scores_of(self, documents: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """The BM25 of each of `documents` (any order, repeats allowed) for the terms `columns`
+        (`columns(query)`), float32: what `hits` gives those documents, to the bit (float64 sums in
+        column order), read from each document's own terms."""
+        documents = np.asarray(documents, dtype=np.int64)
+        if len(documents) == 0 or len(columns) == 0:
+            return np.zeros(len(documents), np.float32)
+        matrix = self.by_document
+        starts, ends = matrix.indptr[documents], matrix.indptr[documents + 1]
+        lengths = (ends - starts).astype(np.int64)
+        owner = np.repeat(np.arange(len(documents)), lengths)
+        entries = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+        terms = matrix.indices[entries]
+        wanted = np.zeros(self.weights.shape[1], dtype=bool)
+        wanted[columns] = True
+        keep = wanted[terms]
+        return np.bincount(owner[keep], weights=matrix.data[entries[keep]],
+                           minlength=len(documents)).astype(np.float32)
+
+    def best(self, columns: np.ndarray, count: int, usable=None) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The `count` documents with the highest BM25 for the terms `columns`, best first (ties by
+        document), among those `usable(documents) -> bool mask` keeps; their BM25 (float32); and
+        whether that is exact (False only when POSTINGS_PER_TERM postings of a term did not settle
+        it: then they are ranked by the sums of the postings read, as `hits` gives them).
+
+        Reads each term's heaviest postings to a depth (see the module docstring). A document not
+        read yet scores at most the sum of each term's next weight (F); one read scores at most what
+        was read of it plus F. Once the `count`-th best sum read beats F, the documents that can still
+        reach it are scored whole by document, and the best of them are the answer."""
+        columns = np.asarray(columns, dtype=np.int64)
+        if len(columns) == 0 or count <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), True
+        indptr = self.weights.indptr
+        lengths = np.asarray(indptr[columns + 1] - indptr[columns], dtype=np.int64)
+        depths = _DEPTHS if self.by_weight else (int(lengths.max()),)  # by document: no order to stop early in
+        for depth in depths:
+            read = np.minimum(lengths, depth)
+            deeper = np.flatnonzero(lengths > depth)
+            frontier = float(self.weights.data[indptr[columns[deeper]] + depth].astype(np.float64).sum())
+            documents, sums = self._merge([slice(indptr[c], indptr[c] + r) for c, r in zip(columns, read)],
+                                          many_columns=len(columns) > 1)
+            if usable is not None and len(documents):
+                keep = usable(documents)
+                documents, sums = documents[keep], sums[keep]
+            if frontier == 0.0:  # every posting read: the sums are the scores
+                return _top(documents, sums, count) + (True,)
+            kth = float(np.partition(sums, len(sums) - count)[len(sums) - count]) if len(sums) >= count else 0.0
+            if frontier < kth:
+                maybe = documents[sums.astype(np.float64) + frontier >= kth * (1 - 1e-6)]
+                if len(maybe) <= _SCORED_AT_MOST:
+                    return _top(maybe, self.scores_of(maybe, columns), count) + (True,)
+        return _top(documents, sums, count) + (False,)
 
     def scores(self, query: str | Sequence[str]) -> np.ndarray:
         """BM25 of every document for the query's terms (each distinct term once), float32."""
@@ -145,18 +226,27 @@ class LexicalIndex:
         Reads only the query terms' postings, so its cost follows how common the words are, not how
         many documents there are (what keeps a query fast at a million passages); of a term stored by
         weight, its POSTINGS_PER_TERM heaviest."""
-        columns = sorted(self._column[t] for t in self._terms(query) if t in self._column)
-        weights = self.weights
-        if not columns:
+        columns = self.columns(query)
+        if not len(columns):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        indptr = weights.indptr
+        indptr = self.weights.indptr
         if self.by_weight:  # each term's heaviest POSTINGS_PER_TERM documents
             spans = [slice(indptr[c], min(indptr[c + 1], indptr[c] + POSTINGS_PER_TERM)) for c in columns]
         else:
             spans = [slice(indptr[c], indptr[c + 1]) for c in columns]
+        rows, values = self._merge(spans, many_columns=len(columns) > 1)
+        if len(columns) == 1 and self.by_weight:  # back to document order
+            order = np.argsort(rows, kind="stable")
+            rows, values = rows[order], values[order]
+        return rows, values
+
+    def _merge(self, spans: list[slice], many_columns: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The documents of the postings `spans` (one per term, in column order) and their summed
+        weights, float32; ascending by document when the postings come from several columns."""
+        weights = self.weights
         rows = np.concatenate([weights.indices[span] for span in spans])  # the postings, column after column
         values = np.concatenate([weights.data[span] for span in spans])
-        if len(columns) > 1 and len(rows) * _DENSE_BELOW > self.n_documents:
+        if many_columns and len(rows) * _DENSE_BELOW > self.n_documents:
             # Many postings (common words in a big catalogue): add them into one dense array (bincount)
             # in column order (a column lists each document once) instead of sorting them all. The
             # sums are the same as below, to the bit: float64, each document's terms added in column order.
@@ -164,10 +254,7 @@ class LexicalIndex:
             unique = np.flatnonzero(sums != 0)  # BM25 weights are > 0; a bool mask: 1.8 vs 8.1 ms at 1.2M
             return unique, sums[unique].astype(np.float32)
         values = values.astype(np.float32, copy=False)
-        if len(columns) == 1:
-            if self.by_weight:  # back to document order
-                order = np.argsort(rows, kind="stable")
-                rows, values = rows[order], values[order]
+        if not many_columns:
             return rows.astype(np.int64, copy=False), values
         unique, inverse = np.unique(rows, return_inverse=True)
         return unique.astype(np.int64, copy=False), np.bincount(inverse, weights=values).astype(np.float32)
@@ -189,9 +276,13 @@ class LexicalIndex:
         directory.mkdir(parents=True, exist_ok=True)
         matrix = self.weights
         arrays_path, vocabulary_path = (directory / f for f in self.files(name))
+        rows = self.by_document
         save_npz(arrays_path, {"data": matrix.data.astype(np.float32), "indices": matrix.indices.astype(np.int32),
                                "indptr": matrix.indptr.astype(np.int64),
-                               "shape": np.asarray(matrix.shape, dtype=np.int64)})  # aligned: load maps them
+                               "shape": np.asarray(matrix.shape, dtype=np.int64),
+                               "document_data": rows.data.astype(np.float32),
+                               "document_terms": rows.indices.astype(np.int32),
+                               "document_indptr": rows.indptr.astype(np.int64)})  # aligned: load maps them
         vocabulary_path.write_text(json.dumps({"format": _FORMAT, "k1": K1, "b": B, "vocabulary": self.vocabulary,
                                                "postings": "by_weight" if self.by_weight else "by_document"},
                                               ensure_ascii=False))
@@ -212,11 +303,20 @@ class LexicalIndex:
                 # passages and their reviews: 93 MB more held); all-int32 arrays are kept as loaded
                 indptr = indptr.astype(np.int32)
             matrix = csc_array((npz["data"], indices, indptr), shape=shape)
+            by_document = None
+            if "document_indptr" in npz:  # model dirs written before it was stored: made when needed
+                from scipy.sparse import csr_array
+
+                terms, document_indptr = npz["document_terms"], npz["document_indptr"]
+                if len(terms) < 2 ** 31 and terms.dtype == np.int32:
+                    document_indptr = document_indptr.astype(np.int32)
+                by_document = csr_array((npz["document_data"], terms, document_indptr), shape=shape)
+                by_document.has_sorted_indices = True
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise IndexFileError(f"cannot read the lexical index {name} in {directory}: {exc}; rebuild the model") from None
         if meta.get("format") != _FORMAT or shape[0] != n_documents or shape[1] != len(meta.get("vocabulary", ())):
             raise IndexFileError(f"the lexical index {name} in {directory} does not match the model's data; rebuild the model")
-        return cls(meta["vocabulary"], matrix, by_weight=meta.get("postings") == "by_weight")
+        return cls(meta["vocabulary"], matrix, by_weight=meta.get("postings") == "by_weight", by_document=by_document)
 
 
 def by_weight(matrix):
@@ -230,6 +330,23 @@ def by_weight(matrix):
     reordered = csc_array((matrix.data[order], matrix.indices[order], indptr), shape=matrix.shape)
     reordered.has_sorted_indices = False
     return reordered
+
+
+def _by_document(matrix):
+    """The weights as CSR, each document's terms ascending (what `scores_of` reads)."""
+    rows = matrix.tocsr()
+    rows.sort_indices()
+    return rows
+
+
+def _top(documents: np.ndarray, scores: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` best (documents, scores), best first, ties by the lower document."""
+    if len(scores) > count:
+        kth = np.partition(scores, len(scores) - count)[len(scores) - count]
+        pick = np.flatnonzero(scores >= kth)
+        documents, scores = documents[pick], scores[pick]
+    order = np.lexsort((documents, -scores))[:count]
+    return documents[order].astype(np.int64, copy=False), scores[order].astype(np.float32, copy=False)
 
 
 def review_documents(catalog) -> list[str]:

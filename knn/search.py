@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -115,9 +115,9 @@ class _WordScores(NamedTuple):
     """What a query's words give the ranking (knn.search.ProductSearch._word_scores); None where the
     model or the ranking has no such index."""
 
-    lexical: np.ndarray | None  # each product's BM25 score of its reviews and passages (0..1)
+    lexical: Callable[[np.ndarray], np.ndarray] | None  # products -> their BM25 score of reviews and passages (0..1)
     candidates: np.ndarray | None  # the products of the best reviews and passages by BM25
-    titles: np.ndarray | None  # each product's title BM25 (0..1)
+    titles: Callable[[np.ndarray], np.ndarray] | None  # products -> their title's BM25 (0..1)
 
 
 @dataclass(frozen=True)
@@ -200,13 +200,19 @@ class _Passages:
 
     def rows_of(self, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The passage rows of `products` and, for each, the position of its product in `products`."""
-        starts, ends = self.offsets[products], self.offsets[products + 1]
-        lengths = ends - starts
-        owner = np.repeat(np.arange(len(products)), lengths)
-        if owner.size == 0:
-            return np.zeros(0, np.int64), owner
-        within = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return self.by_product[np.repeat(starts, lengths) + within], owner
+        return _rows_of_groups(self.by_product, self.offsets, products)
+
+
+def _rows_of_groups(by_group: np.ndarray, offsets: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `groups` (rows `by_group`, group g's at offsets[g]:offsets[g + 1]) and, for each row,
+    the position of its group in `groups`."""
+    starts, ends = offsets[groups], offsets[groups + 1]
+    lengths = ends - starts
+    owner = np.repeat(np.arange(len(groups)), lengths)
+    if owner.size == 0:
+        return np.zeros(0, np.int64), owner
+    within = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return by_group[np.repeat(starts, lengths) + within], owner
 
 
 class ProductSearch:
@@ -243,6 +249,10 @@ class ProductSearch:
             raise ValueError(f"the lexical index has {self.lexical.n_documents} documents for {len(catalog)} reviews")
         self.passage_lexical = corpus.passage_lexical if ranking.lexical_weight > 0 else None
         self._review_rows = np.arange(len(catalog), dtype=np.int64)  # review-level BM25 documents -> reviews
+        # Each product's reviews (the review-level BM25 documents a candidate is scored on).
+        self._reviews_by_product = np.argsort(self._product_of_review, kind="stable")
+        self._review_offsets = np.concatenate([[0], np.cumsum(np.bincount(self._product_of_review,
+                                                                          minlength=n_products))])
         self._title_vectors, self._title_lexical = self._titles(corpus, product_ids, ranking)
         if self.passage_lexical is not None:
             n_headlines = len(corpus.headlines) if corpus.headlines is not None else 0
@@ -353,7 +363,7 @@ class ProductSearch:
                 words = self._word_scores(query_text, allowed)
             finally:
                 candidates = walking.result()  # waited for even when BM25 fails: the walks share scratch arrays
-        lexical_by_product = words.lexical
+        lexical_of = words.lexical
         if words.candidates is not None:
             candidates.append(words.candidates)
         candidates = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
@@ -368,8 +378,8 @@ class ProductSearch:
             if len(texts) == len(query_vectors):
                 query_negated = negated(texts)
         scores, best_kind, best_row = self._score(candidates, query_vectors, allowed, query_negated)
-        if lexical_by_product is not None:
-            scores = scores + self.ranking.lexical_weight * lexical_by_product[candidates]
+        if lexical_of is not None:
+            scores = scores + self.ranking.lexical_weight * lexical_of(candidates)
         scores = scores + self._title_scores(candidates, query_vectors, words.titles)
         keep = np.flatnonzero(np.isfinite(scores))
         order = keep[np.lexsort((candidates[keep], -scores[keep]))][offset:offset + n_items]
@@ -394,36 +404,75 @@ class ProductSearch:
         ids = ids.ravel()
         return source.product[ids[usable[ids]]]
 
-    def _lexical(self, query_text: str | Sequence[str], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Each product's lexical score (0..1) and the lexical candidates.
+    def _lexical(self, query_text: str | Sequence[str], allowed: np.ndarray | None
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray] | None, np.ndarray]:
+        """What BM25 of reviews and passages gives: each product's lexical score (0..1), as a function
+        of the products to score, and the lexical candidates.
 
         BM25 at two granularities: per review (the query's words may be spread over a review) and per
         passage (a sentence holding all of them is not penalised for sitting in a long review). Each is
         divided by the BM25 of a full match ("coverage", capped at 1) or by the best document's ("max");
-        a product takes the best over its reviews and passages."""
-        by_product = np.zeros(self.n_products, np.float32)
-        candidates = []
-        levels = [(self.lexical, self._review_rows, self._product_of_review)]
-        if self.passage_lexical is not None:
-            levels.append((self.passage_lexical, self._review_of_passage, self._product_of_passage))
-        for index, review_of_document, product_of_document in levels:
-            hit, scores = index.hits(query_text)
-            products = product_of_document[hit]
-            usable = products >= 0
-            if allowed is not None:
-                usable &= allowed[np.maximum(review_of_document[hit], 0)]
-            usable &= scores > 0
-            if not usable.all():  # most queries keep every hit: no copies then (~1 ms at 1M passages)
-                hit, scores, products = hit[usable], scores[usable], products[usable]
-            if hit.size == 0:
+        a product takes the best over its reviews and passages. The candidates are the products of the
+        `candidates_per_sentence` best documents of each (LexicalIndex.best); a product's score is read
+        from its own documents (LexicalIndex.scores_of), so that it costs the same however common the
+        query's words are."""
+        levels, candidates = [], []
+        for index, review_of_document, product_of_document, documents_of in (
+                (self.lexical, self._review_rows, self._product_of_review, self._reviews_of),
+                (self.passage_lexical, getattr(self, "_review_of_passage", None),
+                 getattr(self, "_product_of_passage", None), self._passages_of)):
+            if index is None:
                 continue
-            if self.ranking.lexical_norm == "coverage":
-                normalised = np.minimum(scores / index.full_match(query_text), 1.0)
-            else:
-                normalised = scores / float(scores.max())
-            np.maximum.at(by_product, products, normalised.astype(np.float32))
-            candidates.append(products[_best_first(scores, self.candidates_per_sentence)])
-        return by_product, (np.concatenate(candidates) if candidates else np.zeros(0, np.int64))
+            columns = index.columns(query_text)
+            if not len(columns):
+                continue
+
+            def usable(documents, review_of=review_of_document, product_of=product_of_document):
+                keep = product_of[documents] >= 0
+                if allowed is not None:
+                    keep &= allowed[np.maximum(review_of[documents], 0)]
+                return keep
+
+            documents, scores, _exact = index.best(columns, self.candidates_per_sentence, usable)
+            documents = documents[scores > 0]
+            if not len(documents):
+                continue
+            coverage = self.ranking.lexical_norm == "coverage"
+            levels.append((index, columns, index.full_match(query_text) if coverage else float(scores[0]),
+                           coverage, documents_of))
+            candidates.append(product_of_document[documents].astype(np.int64))
+
+        def by_product(products: np.ndarray) -> np.ndarray:
+            best = np.zeros(len(products), np.float32)
+            for index, columns, divisor, coverage, documents_of in levels:
+                documents, owner = documents_of(products, allowed)
+                if len(documents):
+                    normalised = index.scores_of(documents, columns) / divisor
+                    np.maximum.at(best, owner, np.minimum(normalised, 1.0) if coverage else normalised)
+            return best
+
+        return (by_product if levels else None), (np.concatenate(candidates) if candidates else np.zeros(0, np.int64))
+
+    def _reviews_of(self, products: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The reviews (review-level BM25 documents) of `products`, and the position of each one's
+        product in `products`; only `allowed` reviews."""
+        rows, owner = _rows_of_groups(self._reviews_by_product, self._review_offsets, products)
+        if allowed is not None:
+            keep = allowed[rows]
+            rows, owner = rows[keep], owner[keep]
+        return rows, owner
+
+    def _passages_of(self, products: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The passage-level BM25 documents of `products` (body sentences, then headlines when they are
+        searched: passage_documents' rows), and the position of each one's product in `products`."""
+        found = []
+        for offset, source in zip((0, len(self._body)), self._sources):
+            rows, owner = source.rows_of(products)
+            if allowed is not None:
+                keep = allowed[source.review[rows]]
+                rows, owner = rows[keep], owner[keep]
+            found.append((rows + offset, owner))
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
     def _word_scores(self, query_text: str | Sequence[str], allowed: np.ndarray | None) -> "_WordScores":
         """Everything the ranking takes from the query's words: BM25 of reviews and passages (each
@@ -431,15 +480,18 @@ class ProductSearch:
         lexical = candidates = titles = None
         if self.lexical is not None:
             lexical, candidates = self._lexical(query_text, allowed)
-        if self._title_lexical is not None and query_text is not None and len(query_text):
-            hit, scores = self._title_lexical.hits(query_text)
-            if hit.size:
-                titles = np.zeros(self.n_products, np.float32)
-                titles[hit] = np.minimum(scores / self._title_lexical.full_match(query_text), 1.0)
+        title_lexical = self._title_lexical
+        if title_lexical is not None and query_text is not None and len(query_text):
+            columns = title_lexical.columns(query_text)
+            if len(columns):
+                full = title_lexical.full_match(query_text)
+
+                def titles(products: np.ndarray) -> np.ndarray:  # a title is the document of its product
+                    return np.minimum(title_lexical.scores_of(products, columns) / full, 1.0)
         return _WordScores(lexical, candidates, titles)
 
     def _title_scores(self, products: np.ndarray, query_vectors: np.ndarray,
-                      title_words: np.ndarray | None) -> np.ndarray | float:
+                      title_words: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray | float:
         """What each product's title adds: title_weight x its similarity to the query (the mean over the
         query's sentences), plus title_lexical_weight x its title's BM25 over a full match's (at most 1).
         Titles name what a product is, which review sentences often leave out ("it broke in a day")."""
@@ -449,7 +501,7 @@ class ProductSearch:
             rows = rows.take(products) if isinstance(rows, FileRows) else np.asarray(rows[products])
             added = added + self.ranking.title_weight * (rows.astype(np.float32) @ query_vectors.T).mean(axis=1)
         if title_words is not None and len(products):
-            added = added + self.ranking.title_lexical_weight * title_words[products]
+            added = added + self.ranking.title_lexical_weight * title_words(products)
         return added
 
     def _eligible_products(self, allowed: np.ndarray | None) -> np.ndarray:

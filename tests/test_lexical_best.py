@@ -1,0 +1,126 @@
+"""knn.lexical: `scores_of` (BM25 of given documents, read by document) and `best` (the top documents,
+read from the heaviest postings until nothing unread can reach them)."""
+import numpy as np
+import pytest
+
+import knn.lexical as lexical
+from knn.lexical import LexicalIndex
+
+WORDS = "owl plush soft train set blanket kite wooden puzzle dinosaur roar loud bath boat sloth".split()
+FILLER = [f"w{i}" for i in range(300)]
+
+
+def corpus(n: int, seed: int = 3) -> list[str]:
+    """Documents of 2-40 words drawn Zipf-like from WORDS and 300 filler words: a few words are in most
+    documents, most in few, and lengths vary (so do BM25 weights, as in reviews)."""
+    rng = np.random.default_rng(seed)
+    vocabulary = WORDS + FILLER
+    weights = 1.0 / np.arange(1, len(vocabulary) + 1)
+    weights /= weights.sum()
+    return [" ".join(rng.choice(vocabulary, size=rng.integers(2, 41), p=weights)) for _ in range(n)]
+
+
+QUERIES = ["owl", "soft owl", "plush train set", "blanket owl soft plush", "sloth bath boat", "nothing here",
+           "owl owl kite", "wooden puzzle dinosaur roar loud", " ".join(WORDS)]
+
+
+def exact_top(index: LexicalIndex, query: str, count: int, usable=None):
+    """The best `count` documents by hits() (every posting read), ties by the lower document."""
+    rows, values = index.hits(query)
+    if usable is not None:
+        keep = usable(rows)
+        rows, values = rows[keep], values[keep]
+    order = np.lexsort((rows, -values))[:count]
+    return rows[order], values[order]
+
+
+@pytest.fixture(scope="module")
+def index():
+    return LexicalIndex.build(corpus(3000))
+
+
+def test_scores_of_are_the_hits_of_those_documents_to_the_bit(index):
+    rng = np.random.default_rng(5)
+    for query in QUERIES:
+        columns = index.columns(query)
+        documents = rng.integers(0, index.n_documents, 400)  # any order, repeats too
+        expected = index.scores(query)[documents]
+        np.testing.assert_array_equal(index.scores_of(documents, columns), expected)
+    assert index.scores_of(np.zeros(0, np.int64), index.columns("owl")).shape == (0,)
+    assert not index.scores_of(np.arange(5), index.columns("nothing here")).any()
+
+
+@pytest.mark.parametrize("depths", [(4, 16, 64), (1, 2, 3), (50, 500, 5000)])
+@pytest.mark.parametrize("count", [1, 10, 64])
+def test_best_is_the_exact_top_whenever_it_says_so(index, monkeypatch, depths, count):
+    monkeypatch.setattr(lexical, "_DEPTHS", depths)
+    exact_answers = 0
+    for query in QUERIES:
+        documents, scores, exact = index.best(index.columns(query), count)
+        if exact:
+            exact_answers += 1
+            expected_documents, expected_scores = exact_top(index, query, count)
+            np.testing.assert_array_equal(documents, expected_documents)
+            np.testing.assert_array_equal(scores, expected_scores)
+        else:  # the cap was reached: ranked by the sums of the postings read, as hits() gives them
+            monkeypatch.setattr(lexical, "POSTINGS_PER_TERM", depths[-1])
+            np.testing.assert_array_equal(documents, exact_top(index, query, count)[0])
+            monkeypatch.setattr(lexical, "POSTINGS_PER_TERM", 1 << 16)
+    if depths[-1] >= index.n_documents:  # every posting fits in the last depth: always exact
+        assert exact_answers == len(QUERIES)
+    if depths == (1, 2, 3) and count > 1:  # too shallow to settle most queries
+        assert exact_answers < len(QUERIES)
+
+
+def test_best_stops_as_soon_as_nothing_unread_can_reach_the_top(monkeypatch):
+    """A rare word and a common one: the rare word's documents lead, and the common word's unread
+    postings (all light) cannot reach them, so the first depth settles it."""
+    documents = [f"common filler{i % 7}" for i in range(2000)] + ["rare common thing", "rare gadget", "rare common"]
+    index = LexicalIndex.build(documents)
+    monkeypatch.setattr(lexical, "_DEPTHS", (8, 64, 1 << 16))
+    merged = []
+    original = LexicalIndex._merge
+
+    def counting(self, spans, many_columns):
+        merged.append(sum(span.stop - span.start for span in spans))
+        return original(self, spans, many_columns)
+
+    monkeypatch.setattr(LexicalIndex, "_merge", counting)
+    found, scores, exact = index.best(index.columns("rare common"), 3)
+    assert exact and merged == [3 + 8]  # the rare word's 3 postings, the common word's first 8
+    np.testing.assert_array_equal(found, exact_top(index, "rare common", 3)[0])
+    assert set(found) == {2000, 2001, 2002}
+    merged.clear()  # the best 50 need more than the rare word's documents: read deeper, still exact
+    found, scores, exact = index.best(index.columns("rare common"), 50)
+    assert exact and len(merged) > 1
+    np.testing.assert_array_equal(found, exact_top(index, "rare common", 50)[0])
+
+
+def test_best_keeps_only_usable_documents(index, monkeypatch):
+    monkeypatch.setattr(lexical, "_DEPTHS", (4, 16, 64))
+    even = lambda documents: documents % 2 == 0  # noqa: E731
+    for query in QUERIES:
+        documents, scores, exact = index.best(index.columns(query), 10, even)
+        assert np.all(documents % 2 == 0)
+        if exact:
+            np.testing.assert_array_equal(documents, exact_top(index, query, 10, even)[0])
+
+
+def test_index_saved_without_its_by_document_copy_makes_it_when_needed(tmp_path, index):
+    from knn.mapped_npz import load_npz, save_npz
+
+    index.save(tmp_path, "passages")
+    arrays = load_npz(tmp_path / "passages.npz")
+    assert {"document_data", "document_terms", "document_indptr"} <= set(arrays)
+    loaded = LexicalIndex.load(tmp_path, "passages", index.n_documents)
+    assert loaded._by_document is not None  # mapped from the file
+    older = {name: np.asarray(arrays[name]) for name in ("data", "indices", "indptr", "shape")}
+    save_npz(tmp_path / "older.npz", older)  # as model dirs written before the copy
+    (tmp_path / "older_vocabulary.json").write_text((tmp_path / "passages_vocabulary.json").read_text())
+    old = LexicalIndex.load(tmp_path, "older", index.n_documents)
+    assert old._by_document is None
+    documents = np.arange(0, index.n_documents, 7)
+    for query in QUERIES:
+        columns = loaded.columns(query)
+        np.testing.assert_array_equal(old.scores_of(documents, columns), loaded.scores_of(documents, columns))
+        np.testing.assert_array_equal(old.best(columns, 10)[0], loaded.best(columns, 10)[0])
