@@ -15,7 +15,9 @@ What it does:
    (knn.model_dir.save_model_dir, encoder copied from the cached ONNX export).
 2. Serve, in a fresh child process, the way the endpoint does: knn.model_dir.load_model_dir (sha256
    verification included), then >= 1000 queries through ProductSearch.search_vectors with precomputed
-   query vectors (held-out draws from the same generator) and, as query text for BM25, corpus sentences.
+   query vectors (held-out draws from the same generator) and, as query text for BM25, corpus sentences
+   (whole review sentences: 10-20 words, most of them common ones), then the same vectors with the
+   92 shopper queries of bench/eval's toys sets as text (3-20 words, what the product is searched with).
    The encoder is timed separately (ProductSearch.encoder.encode of one sentence), not in the search
    latency. Peak RSS: ru_maxrss and /proc/self/status VmHWM, after load and after the queries, plus what
    the big arrays and tables hold.
@@ -291,6 +293,12 @@ def serve(model_dir: Path, n_queries: int, n_items: int, seed: int, together: Pa
         start = time.perf_counter()
         search.search_vectors(queries[i], n_items, texts[i])
         times[i] = time.perf_counter() - start
+    shopper = shopper_queries()
+    shopper_times = np.empty(n_queries)
+    for i in range(n_queries):  # the same query vectors, a shopper's words as the text
+        start = time.perf_counter()
+        search.search_vectors(queries[i], n_items, shopper[i % len(shopper)])
+        shopper_times[i] = time.perf_counter() - start
     after_queries = memory_now()
     index_times = np.empty(n_queries)
     for i in range(n_queries):
@@ -310,6 +318,7 @@ def serve(model_dir: Path, n_queries: int, n_items: int, seed: int, together: Pa
                        "after_queries": after_queries, "after_encoder": after_encoder},
             "holdings_bytes": held,
             "search_vectors_ms": percentiles(times * 1e3),
+            "search_vectors_shopper_ms": percentiles(shopper_times * 1e3), "shopper_queries": len(shopper),
             "index_query_k64_ms": percentiles(index_times * 1e3),
             "encoder_one_sentence_ms": percentiles(encode_times * 1e3)}
 
@@ -359,6 +368,14 @@ def _children(args: list[str], count: int) -> list[dict]:
         return [json.loads((Path(tmp) / f"result-{i}.json").read_text()) for i in range(count)]
 
 
+def shopper_queries() -> list[str]:
+    """The query texts of the toys evaluation sets (bench/eval): what shoppers type, 3-20 words."""
+    texts = []
+    for name in ("toys_queries.json", "toys_paraphrase_queries.json"):
+        texts += [item["query"] for item in json.loads((HERE / "eval" / name).read_text())]
+    return texts
+
+
 def gib(value) -> str:
     return "-" if value is None else f"{value / 1024 ** 3:.2f} GiB"
 
@@ -376,7 +393,9 @@ def report(data: dict) -> list[str]:
         lines.append(f"{stage:<16}{gib(m['vm_rss_bytes']):>12}{gib(m['vm_hwm_bytes']):>12}{gib(m['ru_maxrss_bytes']):>12}")
     lines.append("holdings: " + ", ".join(f"{k}={gib(v) if isinstance(v, int) and not isinstance(v, bool) else v}"
                                           for k, v in serve_["holdings_bytes"].items()))
-    for name in ("search_vectors_ms", "index_query_k64_ms", "encoder_one_sentence_ms"):
+    for name in ("search_vectors_ms", "search_vectors_shopper_ms", "index_query_k64_ms", "encoder_one_sentence_ms"):
+        if name not in serve_:  # results written before the shopper queries
+            continue
         p = serve_[name]
         lines.append(f"{name:<26} p50 {p['p50']:.2f}  p99 {p['p99']:.2f}  mean {p['mean']:.2f}  max {p['max']:.2f}")
     if "workers" in data:
@@ -423,9 +442,15 @@ def targets_of(data: dict) -> list[dict]:
                        f"the index for; index.query(k=10) alone: {data['recall']['recall_at_10_k10']:.4f}"
                        f"; {_search_setting(data['recall'])}")]
           if "recall_at_10_k10" in data.get("recall", {}) else []),
-        target(f"p99 latency serving {serve_['sentences']:,} sentences", p99, TARGET_P99_MS, "ms",
+        target(f"p99 latency serving {serve_['sentences']:,} sentences, whole review sentences as query text", p99,
+               TARGET_P99_MS, "ms",
                note=f"ProductSearch.search_vectors, query vectors precomputed, p50 {serve_['search_vectors_ms']['p50']:.2f} ms;"
                     f" the encoder adds p50 {encoder['p50']:.1f} / p99 {encoder['p99']:.1f} ms per one-sentence query"),
+        *([target(f"p99 latency serving {serve_['sentences']:,} sentences, shopper queries as query text",
+                  serve_["search_vectors_shopper_ms"]["p99"], TARGET_P99_MS, "ms",
+                  note=f"the same query vectors, the {serve_['shopper_queries']} query texts of bench/eval's toys sets "
+                       f"in turn; p50 {serve_['search_vectors_shopper_ms']['p50']:.2f} ms")]
+          if "search_vectors_shopper_ms" in serve_ else []),
     ]
 
 

@@ -10,11 +10,13 @@ An index is a sparse matrix of precomputed BM25 term weights plus the vocabulary
 (CSC: a term's postings, stored heaviest first) and by document (CSR: a document's terms). Search asks
 two things of it:
 - `best`: the documents with the highest BM25, read from the heaviest postings of the query's terms.
-  It reads them to a depth of 4,096 per term, then 16,384, then POSTINGS_PER_TERM (65,536), and stops
-  as soon as no document it has not read can reach the best `count` (the threshold algorithm of Fagin
-  et al. on impact-ordered postings; the ones that might are scored whole by document). Only when
-  that takes more than POSTINGS_PER_TERM postings of a term (common words in a catalogue of millions)
-  is the answer approximate: the sums of the postings read.
+  It reads them to a depth of 4,096 per term, then 16,384 (`_DEPTHS`), and stops as soon as no
+  document it has not read can reach the best `count` (the threshold algorithm of Fagin et al. on
+  impact-ordered postings; the documents read that might still reach them are scored whole by
+  document). Only when 16,384 postings of a term do not settle it (common words in a catalogue of
+  millions) is the answer approximate: ranked by the sums of the postings read. At 5M passages that
+  was ~1 query in 6, and the final top 10 products shared 0.95 with reading every posting
+  (bench/lexical_depth_bench.py).
 - `scores_of`: the exact BM25 of given documents (the candidates' reviews, passages and titles), read
   by document, so that a candidate's score never depends on how common the query's words are.
 `hits` (every document holding a query term, with its BM25) stays for whole-catalogue uses. The
@@ -25,7 +27,9 @@ gets it built when it is first needed (in memory, not shared between workers).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import unicodedata
 import zipfile
 from functools import lru_cache
@@ -45,12 +49,13 @@ _FORMAT = 1
 # dense sum (at 1M passages, side by side: p50 4.97 ms vs 9.83 by sorting alone). Crossover measured at
 # 1.2M documents, 4 columns: 50k postings 3.7 ms dense vs 3.3 sorted, 100k 6.5 vs 6.9, 300k 6.1 vs 23.0.
 _DENSE_BELOW = 16
-# The most postings a query reads per term (the heaviest: a fit stores them by weight). Only terms in
-# more documents than this lose any, i.e. the common words of a catalogue of millions of passages;
-# measured at 5M passages: BM25 was ~2/3 of a query's time reading all of them (README, issue 14).
+# The most postings `hits` reads per term (the heaviest: a fit stores them by weight). Only terms in
+# more documents than this lose any, i.e. the common words of a catalogue of millions of passages.
 POSTINGS_PER_TERM = 1 << 16
-# The depths `best` reads each term's postings to, in turn (the last is POSTINGS_PER_TERM).
-_DEPTHS = (1 << 12, 1 << 14, POSTINGS_PER_TERM)
+# The depths `best` reads each term's postings to, in turn. At 5M passages, side by side
+# (bench/lexical_depth_bench.py): adding 65,536 made the top 10 closer to exact (0.99 against 0.95
+# shared) at 3-4x the p99; 4,096 alone was 0.84.
+_DEPTHS = (1 << 12, 1 << 14)
 # `best` scores by document at most this many documents that might still reach the best `count`;
 # more, and it reads deeper instead (each document's row costs about what its postings cost).
 _SCORED_AT_MOST = 1 << 14
@@ -105,7 +110,8 @@ class LexicalIndex:
         # first needed if not given (model dirs written before it was stored).
         self._by_document = by_document
         # True: each term's postings are stored heaviest first (`by_weight`), and a query reads at most
-        # POSTINGS_PER_TERM of them; False (model dirs written before): stored by document, all read.
+        # POSTINGS_PER_TERM of them (`best`: stops early); False (model dirs written before): stored by
+        # document, all read.
         self.by_weight = by_weight
         if self.weights.shape[1] != len(self.vocabulary):
             raise ValueError(f"{self.weights.shape[1]} weight columns for {len(self.vocabulary)} terms")
@@ -182,33 +188,38 @@ class LexicalIndex:
     def best(self, columns: np.ndarray, count: int, usable=None) -> tuple[np.ndarray, np.ndarray, bool]:
         """The `count` documents with the highest BM25 for the terms `columns`, best first (ties by
         document), among those `usable(documents) -> bool mask` keeps; their BM25 (float32); and
-        whether that is exact (False only when POSTINGS_PER_TERM postings of a term did not settle
-        it: then they are ranked by the sums of the postings read, as `hits` gives them).
+        whether that is exact (False only when the last of `_DEPTHS` did not settle it: then they are
+        ranked by the sums of the postings read).
 
         Reads each term's heaviest postings to a depth (see the module docstring). A document not
         read yet scores at most the sum of each term's next weight (F); one read scores at most what
-        was read of it plus F. Once the `count`-th best sum read beats F, the documents that can still
-        reach it are scored whole by document, and the best of them are the answer."""
+        was read of it plus the next weights of the terms it was not read in. Once the `count`-th best
+        sum read beats F, the documents that can still reach it are scored whole by document, and the
+        best of them are the answer."""
         columns = np.asarray(columns, dtype=np.int64)
         if len(columns) == 0 or count <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), True
         indptr = self.weights.indptr
-        lengths = np.asarray(indptr[columns + 1] - indptr[columns], dtype=np.int64)
+        starts = np.asarray(indptr[columns], dtype=np.int64)
+        lengths = np.asarray(indptr[columns + 1], dtype=np.int64) - starts
         depths = _DEPTHS if self.by_weight else (int(lengths.max()),)  # by document: no order to stop early in
         for depth in depths:
             read = np.minimum(lengths, depth)
+            frontiers = np.zeros(len(columns))  # each term's next weight not read (0: all read)
             deeper = np.flatnonzero(lengths > depth)
-            frontier = float(self.weights.data[indptr[columns[deeper]] + depth].astype(np.float64).sum())
-            documents, sums = self._merge([slice(indptr[c], indptr[c] + r) for c, r in zip(columns, read)],
-                                          many_columns=len(columns) > 1)
+            frontiers[deeper] = self.weights.data[starts[deeper] + depth]
+            frontier = float(frontiers.sum())
+            documents, sums, seen = self._merge([slice(int(a), int(a + r)) for a, r in zip(starts, read)],
+                                                many_columns=len(columns) > 1, per_span=frontiers)
             if usable is not None and len(documents):
                 keep = usable(documents)
-                documents, sums = documents[keep], sums[keep]
+                documents, sums, seen = documents[keep], sums[keep], seen[keep]
             if frontier == 0.0:  # every posting read: the sums are the scores
                 return _top(documents, sums, count) + (True,)
             kth = float(np.partition(sums, len(sums) - count)[len(sums) - count]) if len(sums) >= count else 0.0
             if frontier < kth:
-                maybe = documents[sums.astype(np.float64) + frontier >= kth * (1 - 1e-6)]
+                # a document read scores at most its sum plus the next weights of the terms it was not read in
+                maybe = documents[sums.astype(np.float64) + (frontier - seen) >= kth * (1 - 1e-6)]
                 if len(maybe) <= _SCORED_AT_MOST:
                     return _top(maybe, self.scores_of(maybe, columns), count) + (True,)
         return _top(documents, sums, count) + (False,)
@@ -240,24 +251,31 @@ class LexicalIndex:
             rows, values = rows[order], values[order]
         return rows, values
 
-    def _merge(self, spans: list[slice], many_columns: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _merge(self, spans: list[slice], many_columns: bool, per_span: np.ndarray | None = None):
         """The documents of the postings `spans` (one per term, in column order) and their summed
-        weights, float32; ascending by document when the postings come from several columns."""
+        weights, float32; ascending by document when the postings come from several columns. With
+        `per_span` (a number per span), also each document's sum of the numbers of the spans holding it."""
         weights = self.weights
         rows = np.concatenate([weights.indices[span] for span in spans])  # the postings, column after column
         values = np.concatenate([weights.data[span] for span in spans])
+        extra = None if per_span is None else np.repeat(per_span, [span.stop - span.start for span in spans])
         if many_columns and len(rows) * _DENSE_BELOW > self.n_documents:
             # Many postings (common words in a big catalogue): add them into one dense array (bincount)
             # in column order (a column lists each document once) instead of sorting them all. The
             # sums are the same as below, to the bit: float64, each document's terms added in column order.
             sums = np.bincount(rows, weights=values, minlength=self.n_documents)
             unique = np.flatnonzero(sums != 0)  # BM25 weights are > 0; a bool mask: 1.8 vs 8.1 ms at 1.2M
-            return unique, sums[unique].astype(np.float32)
+            merged = unique, sums[unique].astype(np.float32)
+            if extra is None:
+                return merged
+            return merged + (np.bincount(rows, weights=extra, minlength=self.n_documents)[unique],)
         values = values.astype(np.float32, copy=False)
         if not many_columns:
-            return rows.astype(np.int64, copy=False), values
+            merged = rows.astype(np.int64, copy=False), values
+            return merged if extra is None else merged + (extra,)
         unique, inverse = np.unique(rows, return_inverse=True)
-        return unique.astype(np.int64, copy=False), np.bincount(inverse, weights=values).astype(np.float32)
+        merged = unique.astype(np.int64, copy=False), np.bincount(inverse, weights=values).astype(np.float32)
+        return merged if extra is None else merged + (np.bincount(inverse, weights=extra),)
 
     def full_match(self, query: str | Sequence[str]) -> float:
         """BM25 of an average-length document holding every query term once: the sum of their idf.
@@ -317,6 +335,29 @@ class LexicalIndex:
         if meta.get("format") != _FORMAT or shape[0] != n_documents or shape[1] != len(meta.get("vocabulary", ())):
             raise IndexFileError(f"the lexical index {name} in {directory} does not match the model's data; rebuild the model")
         return cls(meta["vocabulary"], matrix, by_weight=meta.get("postings") == "by_weight", by_document=by_document)
+
+
+def upgrade(directory: Path, name: str) -> list[Path]:
+    """Rewrite a lexical index saved before the by-document copy (or with its postings by document)
+    as a fit now saves it: the same weights, postings heaviest first, the copy beside them. Returns
+    the files rewritten (none when it is already so)."""
+    from knn.mapped_npz import load_npz
+
+    arrays = load_npz(directory / LexicalIndex.files(name)[0])
+    meta = json.loads((directory / LexicalIndex.files(name)[1]).read_text())
+    if "document_indptr" in arrays and meta.get("postings") == "by_weight":
+        return []
+    index = LexicalIndex.load(directory, name, int(arrays["shape"][0]))
+    weights = by_weight(index.weights) if not index.by_weight else index.weights
+    index = LexicalIndex(index.vocabulary, weights, by_weight=True)
+    staging = directory / f".{name}.upgrading"  # the old files stay whole (and mapped) until replaced
+    shutil.rmtree(staging, ignore_errors=True)
+    written = []
+    for path in index.save(staging, name):
+        os.replace(path, directory / path.name)
+        written.append(directory / path.name)
+    staging.rmdir()
+    return written
 
 
 def by_weight(matrix):

@@ -63,6 +63,7 @@ from knn.encoder import ENCODER_ID, PRECISIONS, copy_model, encoder_precision, f
 from knn.errors import ModelDirError
 from knn.index import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorIndex, compact_vectors, load_index
 from knn.lexical import LexicalIndex, passage_documents, review_documents, title_documents
+from knn.lexical import upgrade as upgrade_lexical
 from knn.quantized_vectors import FileRows, QuantizedVectors, inverse_order, quantize
 from knn.reviews import product_titles
 from knn.stored_texts import StoredTexts, write_texts
@@ -198,7 +199,8 @@ def _save_texts(directory: Path, catalog: pd.DataFrame, sentences: pd.DataFrame,
 def add_serving_files(directory: str | Path, title_vectors: np.ndarray | None = None, threads: int = 1) -> list[str]:
     """Give a model dir written before them the files that a fit now writes for serving: the product
     titles, their vectors and BM25 (every model; the vectors embedded with the model's own encoder/
-    unless `title_vectors` gives them, one row per product in product_id order), and for a float16
+    unless `title_vectors` gives them, one row per product in product_id order), BM25 indexes saved as
+    a fit now saves them (knn.lexical.upgrade: postings heaviest first, a by-document copy), and for a float16
     graph model the int8 codes (knn.quantized_vectors), the stored texts (knn.stored_texts) and the
     walk's compiled kernels (knn.shipped_kernels), so that it is served like a new one. The manifest
     is checked first and rewritten last. Returns the files added (none when there is nothing to add)."""
@@ -208,6 +210,9 @@ def add_serving_files(directory: str | Path, title_vectors: np.ndarray | None = 
     added = []
     if "titles.parquet" not in files:
         added += _add_titles(directory, manifest, title_vectors, threads)
+    for name in ("reviews", "passages", "titles"):  # BM25 saved before the by-document copy
+        if "lexical/" + LexicalIndex.files(name)[0] in files:
+            added += [path.relative_to(directory).as_posix() for path in upgrade_lexical(directory / "lexical", name)]
     if manifest_vector_dtype(manifest) != "float16" or manifest.get("index_kind") != "graph":
         prefixes = ()
     else:

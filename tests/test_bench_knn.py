@@ -100,8 +100,10 @@ def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
         assert memory["vm_hwm_bytes"] >= memory["vm_rss_bytes"] > 0
     assert serve["holdings_bytes"]["vectors"] == 1500 * 384 * 2  # float16
     assert 0 < serve["search_vectors_ms"]["p50"] <= serve["search_vectors_ms"]["p99"]
-    assert [t["unit"] for t in data["targets"]] == ["GB", "ms"]
+    assert 0 < serve["search_vectors_shopper_ms"]["p50"] <= serve["search_vectors_shopper_ms"]["p99"]
+    assert [t["unit"] for t in data["targets"]] == ["GB", "ms", "ms"]  # RSS, p99 whole sentences, p99 shopper queries
     assert 0.05 < data["targets"][0]["measured"] < 20 and data["targets"][1]["measured"] > 0
+    assert "shopper" in data["targets"][2]["name"] and data["targets"][2]["measured"] > 0
     # a second run reuses the cached model dir, and serves it from two processes at once too
     scale_bench.main(["--sentences", "1500", "--texts", "synthetic", "--index-kind", "exact", "--queries", "100",
                       "--work-dir", str(tmp_path / "work"), "--out", str(out), "--workers", "2", "--recall"])
@@ -113,7 +115,7 @@ def test_scale_bench_tiny_run_serves_from_a_fresh_process(tmp_path):
     workers = again["results"]["workers"]
     assert workers["count"] == 2 and len(workers["pss_bytes_each"]) == 2
     assert all(50 * 1024 ** 2 < pss <= rss for pss, rss in zip(workers["pss_bytes_each"], workers["rss_bytes_each"]))
-    assert [t["unit"] for t in again["targets"]] == ["GB", "GB", "", "ms"]
+    assert [t["unit"] for t in again["targets"]] == ["GB", "GB", "", "ms", "ms"]
     assert again["targets"][2]["measured"] == pytest.approx(recall["recall_at_10_k10"], abs=1e-4)
     assert again["targets"][1]["measured"] == pytest.approx(sum(workers["pss_bytes_each"]) / 1e9, abs=1e-3)
 
@@ -154,12 +156,16 @@ def test_vector_dtype_bench_tiny_run_compares_float32_and_float16(tmp_path):
     assert float16["graph_k10_ms"]["p50"] > 0
 
 
-def test_postings_cap_bench_compares_both_ways_side_by_side(fixture_model_dir, tmp_path):
-    bench = _module("postings_cap_bench")
-    out = tmp_path / "postings_cap.json"
+def test_lexical_depth_bench_compares_every_way_side_by_side(fixture_model_dir, tmp_path):
+    bench = _module("lexical_depth_bench")
+    out = tmp_path / "lexical_depth.json"
     data = bench.main(["--model-dir", str(fixture_model_dir), "--queries", "60", "--out", str(out)])
     assert data["queries"] == 60 and json.loads(out.read_text())["results"]["queries"] == 60
-    # no term of the fixtures has anywhere near POSTINGS_PER_TERM postings: the same answers both ways
-    assert data["top10_products_shared"] == 1.0 and data["top10_identical_queries"] == 1.0
-    assert all(0 < data[kind][way]["p50"] <= data[kind][way]["p99"] for kind in ("search_ms", "bm25_ms")
-               for way in ("all", "capped"))
+    assert set(data["results"]) == {"whole sentences", "shopper queries"}
+    for ways in data["results"].values():
+        assert {"every posting", "4k", "4k, 16k", "4k, 16k, 64k"} <= set(ways)
+        for row in ways.values():
+            # no term of the fixtures has 4,096 postings: every way reads them all, the same answers
+            assert row["top10_products_shared"] == 1.0 and row["top10_identical_queries"] == 1.0
+            assert row["best_exact_share"] == 1.0
+            assert all(0 < row[kind]["p50"] <= row[kind]["p99"] for kind in ("search_ms", "bm25_ms"))

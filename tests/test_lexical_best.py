@@ -81,9 +81,9 @@ def test_best_stops_as_soon_as_nothing_unread_can_reach_the_top(monkeypatch):
     merged = []
     original = LexicalIndex._merge
 
-    def counting(self, spans, many_columns):
+    def counting(self, spans, many_columns, per_span=None):
         merged.append(sum(span.stop - span.start for span in spans))
-        return original(self, spans, many_columns)
+        return original(self, spans, many_columns, per_span)
 
     monkeypatch.setattr(LexicalIndex, "_merge", counting)
     found, scores, exact = index.best(index.columns("rare common"), 3)
@@ -124,3 +124,29 @@ def test_index_saved_without_its_by_document_copy_makes_it_when_needed(tmp_path,
         columns = loaded.columns(query)
         np.testing.assert_array_equal(old.scores_of(documents, columns), loaded.scores_of(documents, columns))
         np.testing.assert_array_equal(old.best(columns, 10)[0], loaded.best(columns, 10)[0])
+
+
+def test_upgrade_rewrites_an_older_index_as_a_fit_now_saves_it(tmp_path, index):
+    import json
+
+    from knn.lexical import upgrade
+    from knn.mapped_npz import load_npz, save_npz
+
+    matrix = index.weights.copy()
+    matrix.sort_indices()  # postings by document, no by-document copy: as model dirs before both
+    save_npz(tmp_path / "reviews.npz", {"data": matrix.data, "indices": matrix.indices.astype(np.int32),
+                                        "indptr": matrix.indptr.astype(np.int64),
+                                        "shape": np.asarray(matrix.shape, dtype=np.int64)})
+    (tmp_path / "reviews_vocabulary.json").write_text(json.dumps({"format": 1, "vocabulary": index.vocabulary}))
+    older = LexicalIndex.load(tmp_path, "reviews", index.n_documents)  # mapped, and kept while rewritten
+    written = upgrade(tmp_path, "reviews")
+    assert sorted(p.name for p in written) == ["reviews.npz", "reviews_vocabulary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.npz", "reviews_vocabulary.json"]
+    upgraded = LexicalIndex.load(tmp_path, "reviews", index.n_documents)
+    assert upgraded.by_weight and upgraded._by_document is not None
+    assert "document_indptr" in load_npz(tmp_path / "reviews.npz")
+    for query in QUERIES:
+        for a, b in zip(upgraded.hits(query), index.hits(query)):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(older.hits(query)[0], index.hits(query)[0])  # the old mapping still reads
+    assert upgrade(tmp_path, "reviews") == []  # nothing left to do

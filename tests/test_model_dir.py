@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from knn.errors import ModelDirError
@@ -295,3 +296,37 @@ def test_big_title_vectors_are_read_per_row_and_rank_alike(fixture_model_dir, fi
     assert isinstance(per_row.corpus.title_vectors, FileRows)
     for query in QUERIES:
         assert per_row.search(query, n_items=5) == fixture_search.search(query, n_items=5)
+
+
+def test_bm25_saved_before_the_by_document_copy_is_rewritten_by_add_serving_files(fixture_model_dir, tmp_path):
+    import shutil
+
+    from knn import model_dir as md
+    from knn.mapped_npz import load_npz, save_npz
+
+    older = tmp_path / "older"
+    shutil.copytree(fixture_model_dir, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    for name in ("reviews", "passages"):  # as a fit wrote them before: postings by document, no copy
+        arrays = {key: np.array(value) for key, value in load_npz(older / "lexical" / f"{name}.npz").items()
+                  if not key.startswith("document_")}
+        save_npz(older / "lexical" / f"{name}.npz", arrays)
+        meta = json.loads((older / "lexical" / f"{name}_vocabulary.json").read_text())
+        del meta["postings"]
+        (older / "lexical" / f"{name}_vocabulary.json").write_text(json.dumps(meta))
+        for file in (f"lexical/{name}.npz", f"lexical/{name}_vocabulary.json"):
+            manifest["files"][file] = md._file_entry(older / file)
+    md._write_manifest(older, manifest)
+    before = load_model_dir(older)
+    assert before.lexical._by_document is None and not before.lexical.by_weight
+    added = md.add_serving_files(older)
+    assert sorted(added) == ["lexical/passages.npz", "lexical/passages_vocabulary.json",
+                             "lexical/reviews.npz", "lexical/reviews_vocabulary.json"]
+    for file in added:  # the very files a fit writes
+        assert (older / file).read_bytes() == (fixture_model_dir / file).read_bytes(), file
+    after = load_model_dir(older)
+    assert after.lexical.by_weight and after.lexical._by_document is not None
+    for query in ("soft owl plush", "kite flies well"):
+        assert [r["product_id"] for r in after.search(query, n_items=5)] == \
+            [r["product_id"] for r in before.search(query, n_items=5)]
+    assert md.add_serving_files(older) == []
