@@ -254,6 +254,8 @@ class ProductSearch:
         self._review_offsets = np.concatenate([[0], np.cumsum(np.bincount(self._product_of_review,
                                                                           minlength=n_products))])
         self._title_vectors, self._title_lexical = self._titles(corpus, product_ids, ranking)
+        # Whether every review-level (True) / passage-level (False) BM25 document has a product to score.
+        self._all_have_products = {True: bool((self._product_of_review >= 0).all()), False: False}
         if self.passage_lexical is not None:
             n_headlines = len(corpus.headlines) if corpus.headlines is not None else 0
             if self.passage_lexical.n_documents != len(corpus.sentences) + n_headlines:
@@ -268,6 +270,7 @@ class ProductSearch:
             # ... and straight to products (-1: none), so that BM25's hits need one gather, not two.
             self._product_of_passage = np.where(self._review_of_passage >= 0,
                                                 self._product_of_review[self._review_of_passage], -1).astype(np.int32)
+            self._all_have_products[False] = bool((self._product_of_passage >= 0).all())
 
     @staticmethod
     def _titles(corpus: Corpus, product_ids, ranking: Ranking):
@@ -433,7 +436,8 @@ class ProductSearch:
                     keep &= allowed[np.maximum(review_of[documents], 0)]
                 return keep
 
-            documents, scores, _exact = index.best(columns, self.candidates_per_sentence, usable)
+            every = allowed is None and self._all_have_products[index is self.lexical]  # no document to drop
+            documents, scores, _exact = index.best(columns, self.candidates_per_sentence, None if every else usable)
             documents = documents[scores > 0]
             if not len(documents):
                 continue
