@@ -9,7 +9,8 @@ cached model that does not). Each way answers the same queries (scale_bench's he
 vectors) with two kinds of query text: whole corpus sentences, and the 92 shopper queries of bench/eval's
 toys sets. The ways, in alternating blocks of 50 queries so that the machine's noise falls on all alike:
 - `every posting`: the exact top documents, every posting of every query term read;
-- one way per set of depths (knn.lexical._DEPTHS), the served one marked.
+- one way per set of depths (knn.lexical._DEPTHS), and the served depths once more as "served (...)":
+  the same code as its listed twin, so the two rows show the run's noise.
 Reports the search latency (ProductSearch.search_vectors, query vector given) and BM25's part of it
 (ProductSearch._word_scores) p50/p99, how often `best` was exact, and how far the answers differ from
 the exact ones: the share of each query's top-10 products both return, and the queries whose top 10 are

@@ -14,9 +14,9 @@ two things of it:
   document it has not read can reach the best `count` (the threshold algorithm of Fagin et al. on
   impact-ordered postings; the documents read that might still reach them are scored whole by
   document). Only when 16,384 postings of a term do not settle it (common words in a catalogue of
-  millions) is the answer approximate: ranked by the sums of the postings read. At 5M passages that
-  was ~1 query in 6, and the final top 10 products shared 0.95 with reading every posting
-  (bench/lexical_depth_bench.py).
+  millions) is the answer approximate: ranked by the sums of the postings read. In the 5M-passage
+  bench catalogue that was a third of the calls, and the final top 10 products shared 0.95-0.97
+  with reading every posting (bench/lexical_depth_bench.py).
 - `scores_of`: the exact BM25 of given documents (the candidates' reviews, passages and titles), read
   by document, so that a candidate's score never depends on how common the query's words are.
 `hits` (every document holding a query term, with its BM25) stays for whole-catalogue uses. The

@@ -146,20 +146,20 @@ def test_a_bad_row_names_the_part_the_row_and_the_column(tmp_path):
 
 
 @pytest.mark.integration
-def test_two_steps_answer_as_one_step_on_200_toys_queries(tmp_path):
-    """The first 1,200 toys-10k reviews (graph indexes, as bigger catalogues use), one step against four parts."""
+def test_two_steps_answer_as_one_step_on_150_toys_queries(tmp_path):
+    """The first 700 toys-10k reviews (graph indexes, as bigger catalogues use), one step against four parts."""
     import pandas as pd
 
     from knn.build import build_model_dir
     from knn.model_dir import load_model_dir
 
-    reviews = pd.read_csv(require_toys_10k(), dtype=str, keep_default_na=False).head(1200)
-    subset = tmp_path / "toys-1200.csv"
+    reviews = pd.read_csv(require_toys_10k(), dtype=str, keep_default_na=False).head(700)
+    subset = tmp_path / "toys-700.csv"
     reviews.to_csv(subset, index=False)
-    queries = [h for h in reviews["review_headline"] if len(h.split()) >= 3][:200]
-    assert len(queries) == 200
+    queries = [h for h in reviews["review_headline"] if len(h.split()) >= 3][:150]
+    assert len(queries) == 150
     figures = build_model_dir(subset, tmp_path / "one", index_kind="graph", threads=2)
-    assert figures["index_kind"] == "graph" and figures["sentences"] > 2500
+    assert figures["index_kind"] == "graph" and figures["sentences"] > 1500
     two = load_model_dir(_two_step_model_dir(subset, tmp_path, 4, index_kind="graph", threads=2))
     assert_same_answers(load_model_dir(tmp_path / "one"), two, queries)
 
