@@ -56,6 +56,10 @@ POSTINGS_PER_TERM = 1 << 16
 # (bench/lexical_depth_bench.py): adding 65,536 made the top 10 closer to exact (0.99 against 0.95
 # shared) at 3-4x the p99; 4,096 alone was 0.84.
 _DEPTHS = (1 << 12, 1 << 14)
+# `best` reads every posting of a query whose terms have this many in all: one merge of them costs
+# less than reading to a depth and scoring the documents that might still reach the best (a
+# catalogue of thousands of reviews is always read whole).
+_READ_ALL_UP_TO = 1 << 16
 # `best` scores by document at most this many documents that might still reach the best `count`;
 # more, and it reads deeper instead (each document's row costs about what its postings cost).
 _SCORED_AT_MOST = 1 << 14
@@ -202,7 +206,10 @@ class LexicalIndex:
         indptr = self.weights.indptr
         starts = np.asarray(indptr[columns], dtype=np.int64)
         lengths = np.asarray(indptr[columns + 1], dtype=np.int64) - starts
-        depths = _DEPTHS if self.by_weight else (int(lengths.max()),)  # by document: no order to stop early in
+        if not self.by_weight or lengths.sum() <= _READ_ALL_UP_TO:  # by document: no order to stop early in
+            depths = (int(lengths.max()),)
+        else:
+            depths = _DEPTHS
         for depth in depths:
             read = np.minimum(lengths, depth)
             frontiers = np.zeros(len(columns))  # each term's next weight not read (0: all read)

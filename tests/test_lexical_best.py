@@ -54,6 +54,7 @@ def test_scores_of_are_the_hits_of_those_documents_to_the_bit(index):
 @pytest.mark.parametrize("count", [1, 10, 64])
 def test_best_is_the_exact_top_whenever_it_says_so(index, monkeypatch, depths, count):
     monkeypatch.setattr(lexical, "_DEPTHS", depths)
+    monkeypatch.setattr(lexical, "_READ_ALL_UP_TO", 0)
     exact_answers = 0
     for query in QUERIES:
         documents, scores, exact = index.best(index.columns(query), count)
@@ -78,6 +79,7 @@ def test_best_stops_as_soon_as_nothing_unread_can_reach_the_top(monkeypatch):
     documents = [f"common filler{i % 7}" for i in range(2000)] + ["rare common thing", "rare gadget", "rare common"]
     index = LexicalIndex.build(documents)
     monkeypatch.setattr(lexical, "_DEPTHS", (8, 64, 1 << 16))
+    monkeypatch.setattr(lexical, "_READ_ALL_UP_TO", 0)
     merged = []
     original = LexicalIndex._merge
 
@@ -96,8 +98,30 @@ def test_best_stops_as_soon_as_nothing_unread_can_reach_the_top(monkeypatch):
     np.testing.assert_array_equal(found, exact_top(index, "rare common", 50)[0])
 
 
+def test_a_query_with_few_postings_in_all_reads_them_at_once(monkeypatch):
+    documents = [f"common filler{i % 7}" for i in range(2000)] + ["rare common thing", "rare gadget", "rare common"]
+    index = LexicalIndex.build(documents)
+    monkeypatch.setattr(lexical, "_DEPTHS", (8, 64))
+    merged = []
+    original = LexicalIndex._merge
+
+    def counting(self, spans, many_columns, per_span=None):
+        merged.append(sum(span.stop - span.start for span in spans))
+        return original(self, spans, many_columns, per_span)
+
+    monkeypatch.setattr(LexicalIndex, "_merge", counting)
+    found, scores, exact = index.best(index.columns("rare common"), 50)
+    assert exact and merged == [3 + 2002]  # every posting, one merge
+    np.testing.assert_array_equal(found, exact_top(index, "rare common", 50)[0])
+    monkeypatch.setattr(lexical, "_READ_ALL_UP_TO", 2004)  # one posting too many: read to the depths
+    merged.clear()
+    index.best(index.columns("rare common"), 50)
+    assert merged[0] == 3 + 8
+
+
 def test_best_keeps_only_usable_documents(index, monkeypatch):
     monkeypatch.setattr(lexical, "_DEPTHS", (4, 16, 64))
+    monkeypatch.setattr(lexical, "_READ_ALL_UP_TO", 0)
     even = lambda documents: documents % 2 == 0  # noqa: E731
     for query in QUERIES:
         documents, scores, exact = index.best(index.columns(query), 10, even)
