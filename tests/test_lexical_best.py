@@ -34,6 +34,22 @@ def exact_top(index: LexicalIndex, query: str, count: int, usable=None):
     return rows[order], values[order]
 
 
+def count_merged_postings(monkeypatch) -> list[int]:
+    """A list that gets the number of postings of each merge `best` makes from now on."""
+    merged = []
+    original = LexicalIndex._merge
+
+    def counting(self, spans, many_columns, per_span=None):
+        merged.append(sum(span.stop - span.start for span in spans))
+        return original(self, spans, many_columns, per_span)
+
+    monkeypatch.setattr(LexicalIndex, "_merge", counting)
+    return merged
+
+
+RARE_AND_COMMON = [f"common filler{i % 7}" for i in range(2000)] + ["rare common thing", "rare gadget", "rare common"]
+
+
 @pytest.fixture(scope="module")
 def index():
     return LexicalIndex.build(corpus(3000))
@@ -76,18 +92,10 @@ def test_best_is_the_exact_top_whenever_it_says_so(index, monkeypatch, depths, c
 def test_best_stops_as_soon_as_nothing_unread_can_reach_the_top(monkeypatch):
     """A rare word and a common one: the rare word's documents lead, and the common word's unread
     postings (all light) cannot reach them, so the first depth settles it."""
-    documents = [f"common filler{i % 7}" for i in range(2000)] + ["rare common thing", "rare gadget", "rare common"]
-    index = LexicalIndex.build(documents)
+    index = LexicalIndex.build(RARE_AND_COMMON)
     monkeypatch.setattr(lexical, "_DEPTHS", (8, 64, 1 << 16))
     monkeypatch.setattr(lexical, "_READ_ALL_UP_TO", 0)
-    merged = []
-    original = LexicalIndex._merge
-
-    def counting(self, spans, many_columns, per_span=None):
-        merged.append(sum(span.stop - span.start for span in spans))
-        return original(self, spans, many_columns, per_span)
-
-    monkeypatch.setattr(LexicalIndex, "_merge", counting)
+    merged = count_merged_postings(monkeypatch)
     found, scores, exact = index.best(index.columns("rare common"), 3)
     assert exact and merged == [3 + 8]  # the rare word's 3 postings, the common word's first 8
     np.testing.assert_array_equal(found, exact_top(index, "rare common", 3)[0])
@@ -99,17 +107,9 @@ def test_best_stops_as_soon_as_nothing_unread_can_reach_the_top(monkeypatch):
 
 
 def test_a_query_with_few_postings_in_all_reads_them_at_once(monkeypatch):
-    documents = [f"common filler{i % 7}" for i in range(2000)] + ["rare common thing", "rare gadget", "rare common"]
-    index = LexicalIndex.build(documents)
+    index = LexicalIndex.build(RARE_AND_COMMON)
     monkeypatch.setattr(lexical, "_DEPTHS", (8, 64))
-    merged = []
-    original = LexicalIndex._merge
-
-    def counting(self, spans, many_columns, per_span=None):
-        merged.append(sum(span.stop - span.start for span in spans))
-        return original(self, spans, many_columns, per_span)
-
-    monkeypatch.setattr(LexicalIndex, "_merge", counting)
+    merged = count_merged_postings(monkeypatch)
     found, scores, exact = index.best(index.columns("rare common"), 50)
     assert exact and merged == [3 + 2002]  # every posting, one merge
     np.testing.assert_array_equal(found, exact_top(index, "rare common", 50)[0])
