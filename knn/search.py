@@ -667,18 +667,6 @@ def _float32_rows(vectors, begin: int, end: int) -> np.ndarray:
     return vectors[begin:end].astype(np.float32)
 
 
-def _best_first(scores: np.ndarray, count: int) -> np.ndarray:
-    """Positions of the `count` highest scores, best first, ties by position: the same as
-    np.argsort(-scores, kind="stable")[:count] without sorting every BM25 match (a common word
-    matches ~10% of a million passages: the full sort was most of a query's time at that scale)."""
-    if len(scores) <= count:
-        return np.argsort(-scores, kind="stable")
-    kth = np.partition(scores, len(scores) - count)[len(scores) - count]
-    above = np.flatnonzero(scores > kth)
-    pick = np.concatenate([above, np.flatnonzero(scores == kth)[:count - len(above)]])
-    return pick[np.lexsort((pick, -scores[pick]))]
-
-
 def _whole_number(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
             maximum is not None and value > maximum):

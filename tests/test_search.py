@@ -238,16 +238,6 @@ def test_lexical_index_terms_and_scores(tmp_path):
         LexicalIndex.load(tmp_path / "lexical", "reviews", 5)
 
 
-def test_best_first_equals_a_stable_full_sort():
-    from knn.search import _best_first
-
-    rng = np.random.default_rng(0)
-    for _ in range(500):
-        n, count = int(rng.integers(0, 300)), int(rng.integers(1, 70))
-        scores = (rng.integers(0, 6, size=n) if rng.random() < 0.5 else rng.random(n)).astype(np.float32)  # ties too
-        np.testing.assert_array_equal(_best_first(scores, count), np.argsort(-scores, kind="stable")[:count])
-
-
 def test_lexical_hits_are_the_same_merged_densely_or_by_sorting(monkeypatch):
     """Big postings are summed into a dense array instead of sorted: the same rows and the same
     float32 scores, to the bit."""
