@@ -32,7 +32,8 @@ Layout:
                            above keep them too, but are then loaded without them
     lexical/               BM25 weights (knn.lexical), .npz + vocabulary JSON: reviews.* (one document
                            per review), passages.* (one per body sentence, then one per headline) and
-                           titles.* (one per product)
+                           titles.* (one per product); each .npz holds the weights by term (postings
+                           heaviest first) and by document
 
 Model dirs written before headlines and BM25 existed still load: without headlines, and with the BM25
 index rebuilt from the catalog; those written before titles load without the title terms (and
