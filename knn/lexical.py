@@ -40,6 +40,7 @@ import numpy as np
 
 from knn.errors import IndexFileError
 from knn.mapped_npz import load_npz, save_npz
+from knn.ranges import expand
 from knn.sentences import clean_text
 
 K1 = 1.2
@@ -178,10 +179,7 @@ class LexicalIndex:
         if len(documents) == 0 or len(columns) == 0:
             return np.zeros(len(documents), np.float32)
         matrix = self.by_document
-        starts, ends = matrix.indptr[documents], matrix.indptr[documents + 1]
-        lengths = (ends - starts).astype(np.int64)
-        owner = np.repeat(np.arange(len(documents)), lengths)
-        entries = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+        entries, owner = expand(matrix.indptr[documents], matrix.indptr[documents + 1])  # each document's terms
         terms = matrix.indices[entries]
         wanted = np.zeros(self.weights.shape[1], dtype=bool)
         wanted[columns] = True

@@ -51,6 +51,7 @@ from knn.errors import QueryError
 from knn.index import VectorIndex, similarities
 from knn.lexical import LexicalIndex
 from knn.quantized_vectors import FileRows, QuantizedVectors
+from knn.ranges import expand
 from knn.sentences import split_sentences
 from knn.stored_texts import StoredTexts
 
@@ -206,13 +207,8 @@ class _Passages:
 def _rows_of_groups(by_group: np.ndarray, offsets: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows of `groups` (rows `by_group`, group g's at offsets[g]:offsets[g + 1]) and, for each row,
     the position of its group in `groups`."""
-    starts, ends = offsets[groups], offsets[groups + 1]
-    lengths = ends - starts
-    owner = np.repeat(np.arange(len(groups)), lengths)
-    if owner.size == 0:
-        return np.zeros(0, np.int64), owner
-    within = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return by_group[np.repeat(starts, lengths) + within], owner
+    positions, owner = expand(offsets[groups], offsets[groups + 1])
+    return by_group[positions], owner
 
 
 class ProductSearch:
@@ -254,8 +250,6 @@ class ProductSearch:
         self._review_offsets = np.concatenate([[0], np.cumsum(np.bincount(self._product_of_review,
                                                                           minlength=n_products))])
         self._title_vectors, self._title_lexical = self._titles(corpus, product_ids, ranking)
-        # Whether every review-level (True) / passage-level (False) BM25 document has a product to score.
-        self._all_have_products = {True: bool((self._product_of_review >= 0).all()), False: False}
         if self.passage_lexical is not None:
             n_headlines = len(corpus.headlines) if corpus.headlines is not None else 0
             if self.passage_lexical.n_documents != len(corpus.sentences) + n_headlines:
@@ -270,7 +264,15 @@ class ProductSearch:
             # ... and straight to products (-1: none), so that BM25's hits need one gather, not two.
             self._product_of_passage = np.where(self._review_of_passage >= 0,
                                                 self._product_of_review[self._review_of_passage], -1).astype(np.int32)
-            self._all_have_products[False] = bool((self._product_of_passage >= 0).all())
+        # BM25 per review, then per passage: (index, its documents' reviews, their products, the documents
+        # of given products, whether every document has a product, i.e. none is dropped without a filter)
+        self._lexical_levels = []
+        if self.lexical is not None:
+            self._lexical_levels.append((self.lexical, self._review_rows, self._product_of_review, self._reviews_of,
+                                         bool((self._product_of_review >= 0).all())))
+        if self.passage_lexical is not None:
+            self._lexical_levels.append((self.passage_lexical, self._review_of_passage, self._product_of_passage,
+                                         self._passages_of, bool((self._product_of_passage >= 0).all())))
 
     @staticmethod
     def _titles(corpus: Corpus, product_ids, ranking: Ranking):
@@ -420,12 +422,7 @@ class ProductSearch:
         from its own documents (LexicalIndex.scores_of), so that it costs the same however common the
         query's words are."""
         levels, candidates = [], []
-        for index, review_of_document, product_of_document, documents_of in (
-                (self.lexical, self._review_rows, self._product_of_review, self._reviews_of),
-                (self.passage_lexical, getattr(self, "_review_of_passage", None),
-                 getattr(self, "_product_of_passage", None), self._passages_of)):
-            if index is None:
-                continue
+        for index, review_of_document, product_of_document, documents_of, all_have_products in self._lexical_levels:
             columns = index.columns(query_text)
             if not len(columns):
                 continue
@@ -436,7 +433,7 @@ class ProductSearch:
                     keep &= allowed[np.maximum(review_of[documents], 0)]
                 return keep
 
-            every = allowed is None and self._all_have_products[index is self.lexical]  # no document to drop
+            every = allowed is None and all_have_products  # no document to drop
             documents, scores, _exact = index.best(columns, self.candidates_per_sentence, None if every else usable)
             documents = documents[scores > 0]
             if not len(documents):
