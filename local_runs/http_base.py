@@ -10,8 +10,11 @@ Without TCP_NODELAY a response written as headers then body waits for the client
 """
 from __future__ import annotations
 
+import logging
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+logger = logging.getLogger("local_runs.http")
 
 DRAIN_CAP_BYTES = 64 * 1024 * 1024  # past this an oversized body is not read: the connection is closed
 
@@ -101,5 +104,14 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
+        """Log a request that failed unexpectedly in one line; the traceback goes to the debug log.
+
+        socketserver's default prints the traceback to stderr, which lands in the middle of a
+        command line's output. Clients hanging up are not errors and are not logged.
+        """
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        logger.error("server on %s:%s: request from %s:%s failed: %s: %s", *self.server_address[:2],
+                     *client_address[:2], type(exc).__name__, exc)
+        logger.debug("traceback of the failed request", exc_info=True)

@@ -1,7 +1,9 @@
 """Fast checks of the sim building blocks (no SageMaker SDK cycle, no training)."""
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import os
 import socket
 import sys
@@ -14,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local_runs import daemon, s3_server
+from local_runs.http_base import Handler, Server
 from local_runs.sim import registry
 from local_runs.sim.gateway import RuntimeGateway
 from local_runs.netguard import NonLocalEndpointError, install_request_guard, is_loopback_url
@@ -133,6 +136,13 @@ class _FakeContainer(BaseHTTPRequestHandler):
         if status == 0:
             time.sleep(2)
             status = 200
+        if status == -1:  # dies mid-answer: headers promise a body that never comes
+            self.send_response(200)
+            self.send_header("Content-Length", "1433")
+            self.end_headers()
+            self.wfile.flush()
+            self.close_connection = True
+            return
         payload = b"bad request from model" if status >= 400 else body
         try:
             self.send_response(status)
@@ -187,6 +197,12 @@ def test_gateway_maps_container_errors_to_model_error(fake_endpoint):
             runtime.invoke_endpoint(EndpointName="fake-ep", Body=b'{"status": 0}', ContentType="application/json")
         assert info.value.response["OriginalStatusCode"] == 0
         assert "timed out" in info.value.response["OriginalMessage"]
+
+        with pytest.raises(runtime.exceptions.ModelError) as info:  # container gone mid-answer
+            runtime.invoke_endpoint(EndpointName="fake-ep", Body=b'{"status": -1}', ContentType="application/json")
+        assert info.value.response["OriginalStatusCode"] == 0
+        assert "closed the connection before its answer was complete" in info.value.response["OriginalMessage"]
+        assert "IncompleteRead" in info.value.response["OriginalMessage"]
 
         with pytest.raises(runtime.exceptions.ValidationError, match="not found"):
             runtime.invoke_endpoint(EndpointName="no-such-ep", Body=b"{}", ContentType="application/json")
@@ -301,3 +317,28 @@ def test_artifacts_pack_every_host_into_one_readable_gzip(tmp_path):
     got = {p.relative_to(tmp_path / "x").as_posix(): p.read_text() for p in (tmp_path / "x").rglob("*") if p.is_file()}
     assert got == {"a.txt": "one", "shards/p0.npy": "x", "shards/p1.npy": "y"}
     assert (out / "output.tar.gz").is_file()
+
+
+def test_a_failing_request_is_logged_in_one_line_not_printed_as_a_traceback(capfd, caplog):
+    class Failing(Handler):
+        def do_GET(self):  # noqa: N802
+            raise ValueError("something unexpected")
+
+    server = Server(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="local_runs.http"):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+            conn.request("GET", "/")
+            with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+                conn.getresponse()
+            conn.close()
+            deadline = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        server.shutdown()
+        server.server_close()
+    (record,) = caplog.records
+    assert "failed: ValueError: something unexpected" in record.getMessage()
+    assert "Traceback" not in capfd.readouterr().err

@@ -9,8 +9,8 @@ forwards the body (and Content-Type, Accept, custom-attribute headers) to that e
 * container 2xx -> 200 with its body, ``Content-Type`` and ``x-Amzn-Invoked-Production-Variant``;
 * container 4xx/5xx -> 424 ``ModelError`` with ``OriginalStatusCode``, ``OriginalMessage``,
   ``LogStreamArn`` (botocore raises ``ModelError``, a ``ClientError``);
-* container silent for ``LOCAL_RUNS_SIM_INVOKE_TIMEOUT`` s (default 60) or unreachable ->
-  424 ``ModelError`` with ``OriginalStatusCode`` 0;
+* container silent for ``LOCAL_RUNS_SIM_INVOKE_TIMEOUT`` s (default 60), unreachable, or gone
+  before its answer was complete -> 424 ``ModelError`` with ``OriginalStatusCode`` 0;
 * unknown or not-in-service endpoint -> 400 ``ValidationError`` (one whose serving process
   died says so: status Failed, the reason and the log to read);
 * body over 6 MiB -> 413, as the real front end answers.
@@ -142,6 +142,10 @@ class _Handler(Handler):
             return
         except OSError as exc:
             self._model_error(name, 0, f"The container could not be reached: {exc}", log_hint)
+            return
+        except http.client.HTTPException as exc:  # e.g. IncompleteRead: the container stopped mid-answer
+            self._model_error(name, 0, "The container closed the connection before its answer was complete "
+                              f"({type(exc).__name__}: {exc}).", log_hint)
             return
         finally:
             conn.close()
