@@ -76,7 +76,7 @@ def _ping(record: dict[str, Any]) -> bool:
         response = conn.getresponse()
         response.read()
         return response.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):  # refused, reset, or cut mid-answer: not healthy
         return False
     finally:
         conn.close()

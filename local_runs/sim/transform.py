@@ -284,7 +284,7 @@ def execution_parameters(host: str, port: int, timeout: float = 10.0) -> dict | 
             return None
         answer = json.loads(body.decode("utf-8"))
         return answer if isinstance(answer, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return None
     finally:
         conn.close()
