@@ -14,7 +14,8 @@ toys sets. The ways, in alternating blocks of 50 queries so that the machine's n
 Reports the search latency (ProductSearch.search_vectors, query vector given) and BM25's part of it
 (ProductSearch._word_scores) p50/p99, how often `best` was exact, and how far the answers differ from
 the exact ones: the share of each query's top-10 products both return, and the queries whose top 10 are
-identical. Writes --out (default bench/results/lexical_depth.json).
+identical. Writes --out (default bench/results/lexical_depth.json; the 1M model's run:
+bench/results/lexical_depth-1m.json).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from scale_bench import shopper_queries  # noqa: E402
 DEFAULT_MODEL = WORK_DIR / "scale-5000000-auto" / "model"
 BLOCK = 50
 EVERY_POSTING = (1 << 62,)
-WAYS = {"every posting": EVERY_POSTING, "4k": (4096,), "4k, 16k": (4096, 16384),
+WAYS = {"every posting": EVERY_POSTING, "4k": (4096,), "4k, 8k": (4096, 8192), "4k, 16k": (4096, 16384),
         "4k, 16k, 64k": (4096, 16384, 65536)}
 
 
