@@ -162,6 +162,25 @@ def test_graph_over_float16_recall_and_scores(graph_and_vectors, tmp_path):
     assert (scaled_ids == loaded.query(queries[:5], 10)[0]).all()
 
 
+@pytest.mark.parametrize("rows", ["float32", "float16"])
+def test_threads_searching_one_graph_at_once_get_the_answers_of_one_thread(graph_and_vectors, tmp_path, rows):
+    """The walk's scratch is one per graph: threads searching one model at once (an endpoint worker
+    with several request threads) must not see each other's (they did: 125 of 300 answers differed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from knn.index import compact_vectors
+
+    graph, vectors = graph_and_vectors
+    if rows == "float16":
+        graph.save(tmp_path)
+        graph = load_index("graph", tmp_path, compact_vectors(vectors))
+    queries = unit_vectors(200, d=32, seed=21)
+    alone = [graph.query(q, 10)[0].tolist() for q in queries]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda q: graph.query(q, 10)[0].tolist(), queries)) == alone
+
+
 def test_float16_graph_holds_only_the_split_nodes_hyperplanes_and_saves_them_whole(graph_and_vectors, tmp_path):
     """A leaf's hyperplane row is all zeros in pynndescent's trees: the float16 walk keeps the split
     nodes' rows only, finds what a walk over every row finds, and saves the trees back as they were."""
