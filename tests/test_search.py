@@ -317,6 +317,35 @@ def test_big_catalogues_walk_the_graphs_beside_bm25_with_the_same_answers(fixtur
     assert any(name.startswith("graph-walk") for name in walked_on)
 
 
+def test_walks_beside_bm25_are_shared_and_an_error_on_either_thread_is_the_requests(fixture_search, monkeypatch):
+    """The walker thread takes the sources from the first, the calling thread from the last once BM25
+    is done: every source is walked once, the answers are one thread's, and an error in BM25 or in a
+    walk reaches the caller after the other thread's walks have ended."""
+    from knn import search as search_module
+
+    monkeypatch.setattr(search_module, "OVERLAP_FROM_PASSAGES", 0)
+    overlapped = fixture_search.with_ranking()
+    sentences = fixture_search.query_sentences(QUERIES[0]["query"])
+    vectors = fixture_search.encoder.encode(sentences)
+    expected = fixture_search.search_vectors(vectors, 5, sentences)
+    walked = []
+    original = search_module.ProductSearch._nearest_products
+    monkeypatch.setattr(search_module.ProductSearch, "_nearest_products",
+                        lambda self, source, *args: walked.append(source) or original(self, source, *args))
+    assert overlapped.search_vectors(vectors, 5, sentences) == expected
+    assert sorted(map(id, walked)) == sorted(map(id, overlapped._sources))  # each source once
+    monkeypatch.setattr(overlapped, "_word_scores", lambda *a: (_ for _ in ()).throw(RuntimeError("bm25 broke")))
+    with pytest.raises(RuntimeError, match="bm25 broke"):
+        overlapped.search_vectors(vectors, 5, sentences)
+    monkeypatch.undo()
+    monkeypatch.setattr(search_module, "OVERLAP_FROM_PASSAGES", 0)
+    broken = fixture_search.with_ranking()
+    monkeypatch.setattr(search_module.ProductSearch, "_nearest_products",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("walk broke")))
+    with pytest.raises(RuntimeError, match="walk broke"):
+        broken.search_vectors(vectors, 5, sentences)
+
+
 def test_search_scores_the_words_while_the_query_is_embedded(fixture_search, monkeypatch):
     """search() computes BM25 (reviews, passages, titles) on the second thread while this one embeds
     the query: the answers are search_vectors' (everything on one thread), with and without a filter;
