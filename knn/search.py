@@ -29,8 +29,10 @@ alternatives and the commands):
 Filters: `min_star_rating` keeps only reviews rated at least that (for matching and display);
 `offset` skips that many products of the same ranking (pagination).
 Threads: `search` computes the word scores (every BM25) on a second thread while the query is embedded
-(ONNX Runtime runs without the GIL); `search_vectors`, given vectors, walks big catalogues' graphs on
-that thread while BM25 runs. The answers are the same either way (tested).
+(ONNX Runtime runs without the GIL). For big catalogues a query's walks (the sentences' index, the
+headlines') are shared between that thread and the calling one: the second thread starts on the
+sentences while the caller computes BM25 (`search_vectors`) or has it already (`search`), then the
+caller walks the headlines unless the other got there first. The answers are the same either way (tested).
 
 `title_weight` and `title_lexical_weight` at 0 give the ranking before titles (model dirs written
 before them have none: knn.model_dir.add_serving_files adds them).
@@ -60,9 +62,9 @@ CANDIDATES_PER_SENTENCE = 64
 # Rows per block where all passage vectors are read once (pair and review norms): a block's float32
 # temporaries are ~3 x 16k x 384 x 4 bytes = 75 MB (100k-row blocks made a 0.45 GiB peak at the first query).
 _BLOCK_ROWS = 16_384
-# From this many passages on, a query's graph walks run on a second thread while BM25 runs on the
-# calling one (the float16 walk and its re-scoring release the GIL); below it the hand-over costs
-# more than the overlap gains.
+# From this many passages on, a query's walks run on a second thread beside BM25 and each other
+# (ProductSearch._walks_beside; the walks and their re-scoring release the GIL); below it the hand-over
+# costs more than the overlap gains.
 OVERLAP_FROM_PASSAGES = 100_000
 RESULT_FIELDS = (
     "review_id", "product_id", "product_title", "star_rating", "review_headline", "review_body",
