@@ -294,7 +294,8 @@ class ProductSearch:
         return vectors, lexical
 
     def _walker(self):
-        """The one thread that walks the graphs beside BM25 (made at the first query that needs it)."""
+        """The second thread: BM25 while a query is embedded, walks beside BM25 and the other walk (made at
+        the first query that needs it)."""
         if self._walker_pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
