@@ -150,6 +150,11 @@ class GraphIndex:
         # Search the caller's vectors rather than pynndescent's re-ordered copy (which is then freed).
         return cls(served, _searcher(_in_vector_order(state), served))
 
+    def _walk(self, queries: np.ndarray, k: int, unit: bool) -> np.ndarray:
+        """The graph's k ids per query (-1 or repeated where it found fewer), one walk at a time."""
+        with self._walk_lock:
+            return self._nnd.query(queries, k=k, epsilon=self.epsilon, return_distances=False, pre_normalized=unit)
+
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = check_queries(queries, self.vectors.shape[1])
         k = min(k, len(self.vectors))
@@ -164,8 +169,7 @@ class GraphIndex:
         if len(queries) == 1:  # the serving path (one call per query sentence): fewest numpy calls
             query = queries[0]
             unit = abs(float(query @ query) - 1.0) < 1e-4
-            with self._walk_lock:
-                row = self._nnd.query(queries, k=k, epsilon=self.epsilon, return_distances=False, pre_normalized=unit)[0]
+            row = self._walk(queries, k, unit)[0]
             if row.min() < 0 or len(set(row.tolist())) < k:  # padded: answer exactly
                 return ExactIndex(self.vectors).query(queries, k)
             row = row.astype(np.int64)
@@ -176,9 +180,7 @@ class GraphIndex:
             order = np.lexsort((row, -sims))
             return row[order][None, :], sims[order][None, :]
         unit = bool(np.all(np.abs(np.einsum("qd,qd->q", queries, queries) - 1.0) < 1e-4))
-        with self._walk_lock:
-            ids = self._nnd.query(queries, k=k, epsilon=self.epsilon, return_distances=False, pre_normalized=unit)
-        ids = ids.astype(np.int64)
+        ids = self._walk(queries, k, unit).astype(np.int64)
         ordered = np.sort(ids, axis=1)
         for row in np.flatnonzero((ordered[:, 0] < 0) | (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)):
             ids[row] = ExactIndex(self.vectors).query(queries[row], k)[0][0]  # padded: answer this row exactly
