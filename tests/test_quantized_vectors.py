@@ -1,5 +1,6 @@
 """knn.quantized_vectors and knn.stored_texts: int8 codes walked and ranked, float16 rows and texts read
 from their files when needed, and graph model dirs that serve them (and older ones given them)."""
+import gc
 import html
 import json
 import shutil
@@ -114,9 +115,11 @@ def _without_codes(source: Path, target: Path, titles: bool = True) -> Path:
     return target
 
 
-def test_a_graph_model_serves_int8_codes_and_answers_like_float16(graph_model_dir, tmp_path):
+def test_a_graph_model_serves_int8_codes_and_answers_like_float16(graph_model_dir, tmp_path, monkeypatch):
+    import knn.model_dir as model_dir
     from knn.model_dir import load_model_dir
 
+    monkeypatch.setattr(model_dir, "VECTOR_ROWS_MAPPED_BYTES", 0)  # as a big catalogue's: rows read, never mapped
     files = json.loads((graph_model_dir / "manifest.json").read_text())["files"]
     for name in ("vector_codes.npy", "vector_scales.npy", "headline_vector_codes.npy", "headline_vector_scales.npy"):
         assert name in files
@@ -141,9 +144,30 @@ def test_a_graph_model_serves_int8_codes_and_answers_like_float16(graph_model_di
             assert a["matched_sentence"] in html.unescape(shown)  # sentences are split from unescaped text
     np.testing.assert_array_equal(search._body.weight, older._body.weight)  # word counts from the stored texts
     np.testing.assert_array_equal(search._body.negated, older._body.negated)
+    gc.collect()  # a model loaded by an earlier test (rows mapped by default) is gone with its maps
     maps = mapped_files()
     assert str(graph_model_dir / "vector_codes.npy") in maps
     assert str(graph_model_dir / "vectors.npy") not in maps and str(graph_model_dir / "headline_vectors.npy") not in maps
+
+
+def test_a_small_models_rows_are_mapped_and_answer_as_rows_read_from_the_file(graph_model_dir, monkeypatch):
+    import knn.model_dir as model_dir
+    from knn.model_dir import load_model_dir
+    from knn.quantized_vectors import MappedRows
+
+    mapped = load_model_dir(graph_model_dir)
+    assert isinstance(mapped.corpus.vectors.rows, MappedRows) and isinstance(mapped.corpus.headline_vectors.rows, MappedRows)
+    assert str(graph_model_dir / "vectors.npy") in mapped_files()
+    monkeypatch.setattr(model_dir, "VECTOR_ROWS_MAPPED_BYTES", 0)
+    read = load_model_dir(graph_model_dir)
+    assert isinstance(read.corpus.vectors.rows, FileRows)
+    for item in json.loads((FIXTURES / "queries.json").read_text()):
+        assert mapped.search(item["query"], 5) == read.search(item["query"], 5), item["query"]
+    rows = np.array([3, 0, 3, len(mapped.corpus.vectors) - 1])
+    np.testing.assert_array_equal(mapped.corpus.vectors.rows.take(rows), read.corpus.vectors.rows.take(rows))
+    np.testing.assert_array_equal(mapped.corpus.vectors.rows.block(-2, 5), read.corpus.vectors.rows.block(-2, 5))
+    with pytest.raises(IndexError):
+        mapped.corpus.vectors.rows.take([len(mapped.corpus.vectors)])
 
 
 def test_a_model_dir_written_before_the_codes_is_given_them(graph_model_dir, tmp_path):
