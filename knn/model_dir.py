@@ -34,7 +34,8 @@ Layout:
     lexical/               BM25 weights (knn.lexical), .npz + vocabulary JSON: reviews.* (one document
                            per review), passages.* (one per body sentence, then one per headline) and
                            titles.* (one per product); each .npz holds the weights by term (postings
-                           heaviest first) and by document
+                           heaviest first), by document, and (from 2**20 documents) each common term's
+                           postings 4,097-16,384 again by document (the tier copy, knn.lexical)
 
 Model dirs written before headlines and BM25 existed still load: without headlines, and with the BM25
 index rebuilt from the catalog; those written before titles load without the title terms (and
@@ -202,7 +203,7 @@ def add_serving_files(directory: str | Path, title_vectors: np.ndarray | None = 
     """Give a model dir written before them the files that a fit now writes for serving: the product
     titles, their vectors and BM25 (every model; the vectors embedded with the model's own encoder/
     unless `title_vectors` gives them, one row per product in product_id order), BM25 indexes saved as
-    a fit now saves them (knn.lexical.upgrade: postings heaviest first, a by-document copy), and for a float16
+    a fit now saves them (knn.lexical.upgrade: postings heaviest first, a by-document copy, the tier copy), and for a float16
     graph model the int8 codes (knn.quantized_vectors), the stored texts (knn.stored_texts) and the
     walk's compiled kernels (knn.shipped_kernels), so that it is served like a new one. The manifest
     is checked first and rewritten last. Returns the files added (none when there is nothing to add)."""

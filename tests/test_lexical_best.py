@@ -39,9 +39,9 @@ def count_merged_postings(monkeypatch) -> list[int]:
     merged = []
     original = LexicalIndex._merge
 
-    def counting(self, spans, many_columns, per_span=None):
-        merged.append(sum(span.stop - span.start for span in spans))
-        return original(self, spans, many_columns, per_span)
+    def counting(self, parts, *args, **kwargs):
+        merged.append(sum(len(documents) for documents, _ in parts))
+        return original(self, parts, *args, **kwargs)
 
     monkeypatch.setattr(LexicalIndex, "_merge", counting)
     return merged
@@ -150,7 +150,7 @@ def test_index_saved_without_its_by_document_copy_makes_it_when_needed(tmp_path,
         np.testing.assert_array_equal(old.best(columns, 10)[0], loaded.best(columns, 10)[0])
 
 
-def test_upgrade_rewrites_an_older_index_as_a_fit_now_saves_it(tmp_path, index):
+def test_upgrade_rewrites_an_older_index_as_a_fit_now_saves_it(tmp_path, index, monkeypatch):
     import json
 
     from knn.lexical import upgrade
@@ -163,14 +163,81 @@ def test_upgrade_rewrites_an_older_index_as_a_fit_now_saves_it(tmp_path, index):
                                         "shape": np.asarray(matrix.shape, dtype=np.int64)})
     (tmp_path / "reviews_vocabulary.json").write_text(json.dumps({"format": 1, "vocabulary": index.vocabulary}))
     older = LexicalIndex.load(tmp_path, "reviews", index.n_documents)  # mapped, and kept while rewritten
+    monkeypatch.setattr(lexical, "TIER_COPY_FROM_DOCUMENTS", 1000)  # as a big catalogue's index
     written = upgrade(tmp_path, "reviews")
     assert sorted(p.name for p in written) == ["reviews.npz", "reviews_vocabulary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.npz", "reviews_vocabulary.json"]
     upgraded = LexicalIndex.load(tmp_path, "reviews", index.n_documents)
-    assert upgraded.by_weight and upgraded._by_document is not None
-    assert "document_indptr" in load_npz(tmp_path / "reviews.npz")
+    assert upgraded.by_weight and upgraded._by_document is not None and upgraded.tier_copy is not None
+    assert {"document_indptr", "tier_indptr"} <= set(load_npz(tmp_path / "reviews.npz"))
     for query in QUERIES:
         for a, b in zip(upgraded.hits(query), index.hits(query)):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(older.hits(query)[0], index.hits(query)[0])  # the old mapping still reads
     assert upgrade(tmp_path, "reviews") == []  # nothing left to do
+    arrays = load_npz(tmp_path / "reviews.npz")  # as a fit wrote before the tier copy: upgraded again
+    save_npz(tmp_path / "before.npz", {name: np.array(arrays[name]) for name in arrays if not name.startswith("tier_")})
+    (tmp_path / "before.npz").replace(tmp_path / "reviews.npz")  # a new file: the mapped one stays whole
+    assert LexicalIndex.load(tmp_path, "reviews", index.n_documents).tier_copy is None
+    assert [p.name for p in upgrade(tmp_path, "reviews")][0] == "reviews.npz"
+    assert LexicalIndex.load(tmp_path, "reviews", index.n_documents).tier_copy is not None
+
+
+def test_only_a_big_index_gets_a_tier_copy(tmp_path, monkeypatch):
+    from knn.lexical import upgrade
+
+    assert LexicalIndex.build(RARE_AND_COMMON).tier_copy is None  # 2,003 documents: adding into an array is cheaper
+    monkeypatch.setattr(lexical, "TIER_COPY_FROM_DOCUMENTS", 2003)
+    built = LexicalIndex.build(RARE_AND_COMMON)
+    assert built.tier_copy is not None
+    monkeypatch.setattr(lexical, "TIER_COPY_FROM_DOCUMENTS", 2004)
+    built.save(tmp_path, "passages")
+    assert upgrade(tmp_path, "passages") == []  # a copy is never removed, and a small index needs none
+    LexicalIndex(built.vocabulary, built.weights, by_weight=True, by_document=built.by_document).save(tmp_path, "small")
+    assert upgrade(tmp_path, "small") == []
+
+
+def test_a_saved_index_keeps_its_tier_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(lexical, "TIER_COPY_FROM_DOCUMENTS", 0)
+    built = LexicalIndex.build(RARE_AND_COMMON)
+    built.save(tmp_path, "passages")
+    loaded = LexicalIndex.load(tmp_path, "passages", built.n_documents)
+    assert loaded.tier_copy[0] == built.tier_copy[0] == tuple(lexical._DEPTHS[:2])
+    for a, b in zip(loaded.tier_copy[1:], built.tier_copy[1:]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bounds", [(4, 16), (50, 500)])
+@pytest.mark.parametrize("count", [1, 10, 64])
+def test_the_second_depth_read_from_the_tier_copy_gives_the_same_answers(index, monkeypatch, bounds, count):
+    """Each term's postings past the first depth, stored again sorted by document: the second depth
+    reads them from there (one stable sort of sorted runs), with the same documents, sums to the bit
+    and exactness as from the postings heaviest first."""
+    copy = lexical.tier_copy(index.weights, bounds)
+    tiered = LexicalIndex(index.vocabulary, index.weights, by_weight=True, by_document=index.by_document,
+                          tier_copy=copy)
+    _, documents, weights, indptr = copy
+    postings = index.weights
+    for column in range(postings.shape[1]):  # the heaviest-first positions bounds[0]..bounds[1]-1, by document
+        start, end = postings.indptr[column], postings.indptr[column + 1]
+        low, high = start + bounds[0], min(end, start + bounds[1])
+        expected = sorted(zip(postings.indices[low:high].tolist(), postings.data[low:high].tolist()))
+        copied = slice(indptr[column], indptr[column + 1])
+        assert list(zip(documents[copied].tolist(), weights[copied].tolist())) == expected
+    monkeypatch.setattr(lexical, "_DEPTHS", bounds)
+    monkeypatch.setattr(lexical, "_READ_ALL_UP_TO", 0)
+    merges = []
+    original = LexicalIndex._merge
+
+    def recording(self, parts, per_part=None, sorted_runs=False, many_columns=True):
+        merges.append(sorted_runs)
+        return original(self, parts, per_part, sorted_runs, many_columns)
+
+    monkeypatch.setattr(LexicalIndex, "_merge", recording)
+    for query in QUERIES:
+        columns = index.columns(query)
+        got, expected = tiered.best(columns, count), index.best(columns, count)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        assert got[2] == expected[2]
+    assert any(merges)  # some queries read the second depth from the copy
