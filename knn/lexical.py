@@ -17,7 +17,7 @@ two things of it:
   millions) is the answer approximate: ranked by the sums of the postings read. In the 5M-passage
   bench catalogue that was a third of the calls, and the final top 10 products shared 0.95-0.97
   with reading every posting (bench/lexical_depth_bench.py). The second depth's extra postings
-  (4,097-16,384 of each common term) are also stored sorted by document (the "tier copy": 2.9M
+  (4,097-16,384 of each common term) are also stored sorted by document (the "tier copy": 1.6M
   postings, 13 MB, at 1M sentences), so that the merge sorts a few long sorted runs instead of adding
   ~100k postings into an array over every document. Only an index of TIER_COPY_FROM_DOCUMENTS or more
   documents has one: below, that array fits the CPU's caches and adding into it is cheaper.
