@@ -67,6 +67,11 @@ CALIBRATION_EPSILONS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)  # tried in order; 
 CALIBRATION_QUERIES = 200
 CALIBRATION_TARGET = 0.99  # recall@10 against exact search over the served rows
 INDEX_KINDS = ("auto", "graph", "exact", "ivf")
+# A walk over int8 codes ranks by the codes, and their rounding reorders near-ties: asked for fewer, it
+# walks for this many and keeps the best k after re-scoring them from the float16 rows. Measured at
+# 200k synthetic vectors, epsilon 0.3: recall@10 0.978 asking the walk for 10, 0.997 for 16, 0.999 for
+# 24; p50 0.238 / 0.288 / 0.336 ms (walk 0.108 ms, re-scoring 10 rows read from the file 0.106 ms).
+RESCORED_FROM_CODES = 16
 IVF_MIN_VECTORS = 1_000_000  # "auto" clusters from here on (knn.ivf_index): 15 s to build at 1M, a graph 11 min
 _STATE_FILE = "graph_state.json"
 _ARRAYS_FILE = "graph_arrays.npz"
@@ -164,31 +169,33 @@ class GraphIndex:
             # Asking for a large part of the corpus: a graph walk cannot beat one matrix product,
             # and pynndescent pads what it cannot reach with duplicate ids.
             return ExactIndex(self.vectors).query(queries, k)
+        walked = max(k, RESCORED_FROM_CODES) if isinstance(self.vectors, QuantizedVectors) else k
+        walked = min(walked, len(self.vectors))
         # Unit queries (what the encoder gives) skip pynndescent's normalising copy; others are
         # normalised by pynndescent as before.
         if len(queries) == 1:  # the serving path (one call per query sentence): fewest numpy calls
             query = queries[0]
             unit = abs(float(query @ query) - 1.0) < 1e-4
-            row = self._walk(queries, k, unit)[0]
-            if row.min() < 0 or len(set(row.tolist())) < k:  # padded: answer exactly
+            row = self._walk(queries, walked, unit)[0]
+            if row.min() < 0 or len(set(row.tolist())) < walked:  # padded: answer exactly
                 return ExactIndex(self.vectors).query(queries, k)
             row = row.astype(np.int64)
             if self.vectors.dtype == np.float16:
                 sims = similarities(queries, self.vectors, row)[0]
             else:
                 sims = self.vectors[row] @ query
-            order = np.lexsort((row, -sims))
+            order = np.lexsort((row, -sims))[:k]
             return row[order][None, :], sims[order][None, :]
         unit = bool(np.all(np.abs(np.einsum("qd,qd->q", queries, queries) - 1.0) < 1e-4))
-        ids = self._walk(queries, k, unit).astype(np.int64)
+        ids = self._walk(queries, walked, unit).astype(np.int64)
         ordered = np.sort(ids, axis=1)
         for row in np.flatnonzero((ordered[:, 0] < 0) | (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)):
-            ids[row] = ExactIndex(self.vectors).query(queries[row], k)[0][0]  # padded: answer this row exactly
+            ids[row] = ExactIndex(self.vectors).query(queries[row], walked)[0][0]  # padded: answer this row exactly
         if self.vectors.dtype == np.float16:
             sims = np.vstack([similarities(queries[i], self.vectors, ids[i]) for i in range(len(queries))])
         else:
             sims = np.einsum("qd,qkd->qk", queries, self.vectors[ids])
-        order = np.lexsort((ids, -sims), axis=1)
+        order = np.lexsort((ids, -sims), axis=1)[:, :k]
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sims, order, axis=1)
 
     def calibrate(self, queries: np.ndarray, k: int = 10, target: float = CALIBRATION_TARGET,

@@ -150,6 +150,31 @@ def test_a_graph_model_serves_int8_codes_and_answers_like_float16(graph_model_di
     assert str(graph_model_dir / "vectors.npy") not in maps and str(graph_model_dir / "headline_vectors.npy") not in maps
 
 
+def test_asked_for_few_a_walk_over_codes_rescores_more_and_keeps_the_best(tmp_path, monkeypatch):
+    import knn.index as index_module
+
+    vectors = unit_vectors(2000, d=32, seed=3)
+    graph = GraphIndex.build(vectors, n_neighbors=15)
+    graph.save(tmp_path / "index")
+    loaded = load_index("graph", tmp_path / "index", quantized(vectors, tmp_path))
+    queries = vectors[:200] + 0.05 * unit_vectors(200, d=32, seed=4)  # near rows of the corpus, as real queries are
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact_ids, _ = ExactIndex(vectors).query(queries, 5)
+
+    def recall(batch: bool) -> float:
+        if batch:
+            ids, sims = loaded.query(queries, 5)
+        else:
+            found = [loaded.query(q, 5) for q in queries]
+            ids, sims = np.vstack([f[0] for f in found]), np.vstack([f[1] for f in found])
+        assert ids.shape == sims.shape == (len(queries), 5) and np.all(np.diff(sims, axis=1) <= 0)
+        return float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, exact_ids)]))
+
+    assert recall(True) >= 0.99 and recall(False) >= 0.99
+    monkeypatch.setattr(index_module, "RESCORED_FROM_CODES", 5)  # the walk's own 5, ranked by the codes
+    assert recall(True) < 0.99
+
+
 def test_a_small_models_rows_are_mapped_and_answer_as_rows_read_from_the_file(graph_model_dir, monkeypatch):
     import knn.model_dir as model_dir
     from knn.model_dir import load_model_dir
