@@ -24,6 +24,7 @@ def load_results(directory: Path) -> list[dict]:
         except ValueError:
             continue
         if isinstance(document, dict) and document.get("targets"):
+            document["results_file"] = path.stem  # names the bar: one bench writes several files (knn-int8, scale-5m)
             documents.append(document)
     return documents
 
@@ -46,7 +47,8 @@ def render(documents: list[dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(document["name"], entry) for document in documents for entry in document["targets"]]
+    rows = [(document.get("results_file", document["name"]), entry)
+            for document in documents for entry in document["targets"]]
     if not rows:
         raise SystemExit("no benchmark results with targets found; run the benchmarks first (see bench/README.md)")
     height = 1.2 + 0.42 * len(rows)
@@ -70,9 +72,10 @@ def render(documents: list[dict], out: Path) -> Path:
     axes.set_xlim(0, 2.6)
     axes.set_xlabel("share of the target used (left of the dashed line = meets it; bars capped at 2)")
     machine = documents[0].get("machine", {})
-    dates = sorted({str(document.get("date", ""))[:10] for document in documents})
-    axes.set_title(f"review search benchmarks: {machine.get('cpus', '?')} CPUs ({machine.get('cpu_model', '?')}), "
-                   f"{machine.get('memory_gib', '?')} GiB; {', '.join(dates)}", fontsize=9)
+    dates = sorted({str(document.get("date", ""))[:10] for document in documents} - {""})
+    axes.set_title(f"review search benchmarks\n{machine.get('cpus', '?')} CPUs ({machine.get('cpu_model', '?')}), "
+                   f"{machine.get('memory_gib', '?')} GiB; measured {dates[0] if dates else '?'} to {dates[-1] if dates else '?'}",
+                   fontsize=9)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)

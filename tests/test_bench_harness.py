@@ -50,10 +50,11 @@ def test_target_direction_and_report(tmp_path, capsys):
 def test_plot_renders_every_target(tmp_path):
     common, plot = _module("common"), _module("plot")
     common.report("one", {}, [common.target("a", 5.0, 10.0, "ms")], tmp_path / "one.json")
-    common.report("two", {}, [common.target("b", 50.0, 100.0, "req/s", higher_is_better=True)], tmp_path / "two.json")
+    common.report("two", {}, [common.target("b", 50.0, 100.0, "req/s", higher_is_better=True)], tmp_path / "two-big.json")
     (tmp_path / "not-a-result.json").write_text("[1, 2]")
     documents = plot.load_results(tmp_path)
     assert [d["name"] for d in documents] == ["one", "two"]
+    assert [d["results_file"] for d in documents] == ["one", "two-big"]  # a bar is named by its file
     assert plot.share_of_target(documents[0]["targets"][0]) == pytest.approx(0.5)
     assert plot.share_of_target(documents[1]["targets"][0]) == pytest.approx(2.0)  # short of "at least"
     out = plot.render(documents, tmp_path / "plot.png")
