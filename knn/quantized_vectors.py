@@ -49,6 +49,14 @@ def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, scales
 
 
+def _checked_rows(rows, count: int, path: Path) -> np.ndarray:
+    """`rows` as a flat int64 array, each one of the `count` rows of the file `path` (IndexError if not)."""
+    rows = np.asarray(rows, dtype=np.int64).ravel()
+    if rows.size and (rows.min() < 0 or rows.max() >= count):
+        raise IndexError(f"row out of range for {count} rows of {path.name}")
+    return rows
+
+
 class FileRows:
     """The rows of a 2-D `.npy` file, read with os.pread when asked for (never mapped, never all held)."""
 
@@ -77,9 +85,7 @@ class FileRows:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The rows `rows` in that order; each run of consecutive rows is one read."""
-        rows = np.asarray(rows, dtype=np.int64).ravel()
-        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"row out of range for {self.shape[0]} rows of {self.path.name}")
+        rows = _checked_rows(rows, self.shape[0], self.path)
         wanted, where = np.unique(rows, return_inverse=True)
         out = np.empty((len(wanted), self.shape[1]), self.dtype)
         if not len(wanted):
@@ -116,9 +122,7 @@ class MappedRows:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The rows `rows` in that order."""
-        rows = np.asarray(rows, dtype=np.int64).ravel()
-        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"row out of range for {self.shape[0]} rows of {self.path.name}")
+        rows = _checked_rows(rows, self.shape[0], self.path)
         return self.array[rows]
 
 
